@@ -1,0 +1,21 @@
+//! ticketrush's core: the domain types and the stock model.
+//!
+//! Architecture invariant: this crate does no I/O and has no async runtime. It never reads a
+//! clock or a random number generator; time and ids are passed in. That is what makes the
+//! model replayable from a journal and testable with random interleavings.
+
+pub mod allotment;
+pub mod clock;
+pub mod event;
+pub mod ids;
+pub mod ledger;
+pub mod reservation;
+pub mod sale;
+
+pub use allotment::Allotment;
+pub use clock::{TimeError, UnixMs};
+pub use event::{Event, LeaseId};
+pub use ids::{IdError, IdempotencyKey, NodeId, ReservationId, SaleId, UserId};
+pub use ledger::{ApplyError, LeaseGrant, Ledger, LedgerError, ReserveItem, ReserveOutcome};
+pub use reservation::{Reservation, ReservationState};
+pub use sale::{SaleSpec, SaleSpecError, SaleView};

@@ -1,0 +1,170 @@
+//! The one place where outcomes become status codes and error codes (API.md).
+
+use std::borrow::Cow;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ticketrush_core::{IdError, LedgerError};
+use ticketrush_store::StoreError;
+
+use crate::limits::RETRY_AFTER_SECONDS;
+
+/// An error answer: `{"error": code, "message": sentence}` with its status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body is larger than {} bytes",
+                crate::limits::BODY_BYTES_MAX
+            ),
+        )
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this needs the header Authorization: Bearer <admin token>",
+        )
+    }
+    pub fn sale_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "sale_not_found",
+            "no sale has this id",
+        )
+    }
+    pub fn reservation_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "reservation_not_found",
+            "no reservation has this id",
+        )
+    }
+    pub fn sold_out() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "sold_out",
+            "every ticket of this sale is taken",
+        )
+    }
+    pub fn limit_reached() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "limit_reached",
+            "this user already holds as many tickets of this sale as it allows",
+        )
+    }
+    pub fn not_open() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "not_open",
+            "this sale has not opened yet",
+        )
+    }
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            "the node is at capacity; retry after the Retry-After delay",
+        )
+    }
+    pub fn unavailable(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not answer this method",
+        )
+    }
+}
+
+impl From<IdError> for ApiError {
+    fn from(e: IdError) -> Self {
+        ApiError::invalid(e.to_string())
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        let conflict = |code, msg: &'static str| Self::new(StatusCode::CONFLICT, code, msg);
+        match e {
+            LedgerError::SaleNotFound => ApiError::sale_not_found(),
+            LedgerError::SaleExists => {
+                conflict("sale_exists", "a sale with this id already exists")
+            }
+            LedgerError::TooManySales => conflict(
+                "too_many_sales",
+                "the store holds as many sales as it allows",
+            ),
+            LedgerError::ReservationNotFound => ApiError::reservation_not_found(),
+            LedgerError::Forbidden => Self::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the reservation belongs to another user",
+            ),
+            LedgerError::Expired => conflict("expired", "the reservation's hold has expired"),
+            LedgerError::Cancelled => conflict("cancelled", "the reservation was cancelled"),
+            LedgerError::AlreadyPaid => conflict("already_paid", "the reservation is already paid"),
+            // A lease lost is retried inside the node; if it surfaces, the store is churning.
+            LedgerError::LeaseLost => ApiError::unavailable("the node lost its lease; retry"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Ledger(l) => l.into(),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(reason = %m, "store unavailable");
+                ApiError::unavailable("the store is unavailable; retry shortly")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = String::with_capacity(48 + self.message.len());
+        body.push_str("{\"error\":\"");
+        body.push_str(self.code);
+        body.push_str("\",\"message\":");
+        body.push_str(&serde_json::to_string(&self.message).unwrap_or_else(|_| "\"\"".into()));
+        body.push('}');
+        let mut resp = (self.status, body).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        resp
+    }
+}

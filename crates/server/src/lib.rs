@@ -1,0 +1,51 @@
+//! A ticketrush node over HTTP: routes, the reservation flow with its allotments and batcher,
+//! the background tasks, and metrics.
+//!
+//! [`start`] wires a node for a store and returns its router and background tasks; [`http::serve`]
+//! runs the router on a listener. The binary and the integration tests both go through these.
+
+pub mod batcher;
+pub mod body;
+pub mod error;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod routes;
+pub mod stock;
+pub mod tasks;
+
+use std::sync::Arc;
+
+use ticketrush_store::Store;
+
+pub use node::{Node, NodeConfig};
+pub use routes::app;
+pub use tasks::Background;
+
+/// A running node: its shared state, its router and its background tasks.
+pub struct Started {
+    pub node: Arc<Node>,
+    pub router: axum::Router,
+    pub background: Background,
+}
+
+/// Builds a node on `store` and starts its background tasks (reaper, lease keeper).
+pub fn start(config: NodeConfig, store: Arc<dyn Store>) -> Started {
+    let node = Node::new(config, store);
+    let background = Background::start(node.clone());
+    let router = app(node.clone());
+    Started {
+        node,
+        router,
+        background,
+    }
+}
+
+impl Started {
+    /// Stops the background tasks and gives unsold allotments back to the store.
+    pub async fn shutdown(self) {
+        self.background.shutdown().await;
+        self.node.release_all().await;
+    }
+}

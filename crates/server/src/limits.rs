@@ -1,0 +1,71 @@
+//! Every limit of a node in one place, each with its reason. Configurable ones are defaults
+//! with a hard ceiling; the rest are constants.
+
+use std::time::Duration;
+
+/// Largest request body. A reservation body is ~30 bytes and a sale ~300; anything near this is
+/// not a ticketing request. Larger bodies get 413 `payload_too_large` before they are read.
+pub const BODY_BYTES_MAX: usize = 4 * 1024;
+
+/// Open connections per node. Past this, new connections wait in the kernel's accept backlog
+/// rather than costing the node memory and file descriptors.
+pub const CONNECTIONS_MAX: usize = 16 * 1024;
+
+/// A client has this long to send a request's headers; stops slow-loris connections.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// On SIGTERM, open requests get this long to finish before the node exits anyway.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// Default and ceiling of reservations committed in one store call. Hundreds keep one Redis
+/// script short (it blocks Redis while it runs) and one journal write small.
+pub const BATCH_SIZE_DEFAULT: usize = 256;
+pub const BATCH_SIZE_CEILING: usize = 4_096;
+
+/// Default and ceiling of how long the batcher waits to fill a batch after its first item.
+/// Under load batches fill while the previous commit is in flight, so the wait matters little;
+/// it bounds the latency it can add at low load.
+pub const BATCH_WAIT_DEFAULT: Duration = Duration::from_micros(500);
+pub const BATCH_WAIT_CEILING: Duration = Duration::from_millis(100);
+
+/// Batches of one sale committing at once. More overlap hides a store round trip; each holds
+/// up to a batch of requests open.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+
+/// Default and ceiling of reservations waiting for a store commit, per sale. Past it the node
+/// sheds with 429 `overloaded` rather than queueing: a request that waits longer than a client
+/// would is work thrown away.
+pub const PENDING_DEFAULT: usize = 4_096;
+pub const PENDING_CEILING: usize = 1_000_000;
+
+/// What `Retry-After` tells a shed client, in seconds.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// Tickets a node asks for per lease: starts at the minimum, doubles while chunks run out
+/// within `LEASE_CHUNK_FAST`, halves when one lasts longer than `LEASE_CHUNK_SLOW`. A small
+/// chunk strands little in a node that dies; a large one saves store calls.
+pub const LEASE_CHUNK_MIN: u64 = 16;
+pub const LEASE_CHUNK_MAX: u64 = 8_192;
+pub const LEASE_CHUNK_FAST: Duration = Duration::from_millis(250);
+pub const LEASE_CHUNK_SLOW: Duration = Duration::from_secs(2);
+
+/// When the pool was found empty, the node answers `sold_out` from memory for this long before
+/// asking the store again (cancellations and expiries put tickets back).
+pub const SOLD_OUT_RECHECK: Duration = Duration::from_millis(100);
+
+/// How often the reaper expires due holds and reclaims lapsed leases, and how many holds one
+/// pass expires at most (one critical section; the next pass follows at once if it was full).
+/// With the recheck above, an expired ticket is on sale again well within API.md's 2 seconds.
+pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
+pub const REAP_BATCH_MAX: usize = 10_000;
+
+/// Default lease duration; a dead node's share returns to the pool within it.
+pub const LEASE_SECONDS_DEFAULT: u64 = 10;
+pub const LEASE_SECONDS_MAX: u64 = 3_600;
+
+/// Tries of one reservation when the store took its lease back meanwhile.
+pub const RESERVE_ATTEMPTS_MAX: usize = 3;
+
+/// Refill rounds one reservation may go through when other requests keep draining each fresh
+/// chunk first; past it the node answers 429 rather than spin.
+pub const REFILL_ROUNDS_MAX: usize = 32;

@@ -1,0 +1,200 @@
+//! Prometheus metrics, kept in atomics and rendered on demand.
+//!
+//! A metrics library would cost a map lookup and a label allocation per request; here each sale
+//! owns a fixed array of outcome counters (the number of sales is bounded by `SALES_MAX`, so
+//! the series are too), and the latency histogram is a fixed array of buckets.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// How a reservation attempt ended: the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Reserved,
+    Replayed,
+    SoldOut,
+    LimitReached,
+    NotOpen,
+    Overloaded,
+    Unavailable,
+    SaleNotFound,
+    InvalidRequest,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 9] = [
+        Outcome::Reserved,
+        Outcome::Replayed,
+        Outcome::SoldOut,
+        Outcome::LimitReached,
+        Outcome::NotOpen,
+        Outcome::Overloaded,
+        Outcome::Unavailable,
+        Outcome::SaleNotFound,
+        Outcome::InvalidRequest,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Reserved => "reserved",
+            Outcome::Replayed => "replayed",
+            Outcome::SoldOut => "sold_out",
+            Outcome::LimitReached => "limit_reached",
+            Outcome::NotOpen => "not_open",
+            Outcome::Overloaded => "overloaded",
+            Outcome::Unavailable => "unavailable",
+            Outcome::SaleNotFound => "sale_not_found",
+            Outcome::InvalidRequest => "invalid_request",
+        }
+    }
+
+    /// The outcome of an error answer, by its error code.
+    pub fn of_error_code(code: &str) -> Outcome {
+        match code {
+            "sold_out" => Outcome::SoldOut,
+            "limit_reached" => Outcome::LimitReached,
+            "not_open" => Outcome::NotOpen,
+            "overloaded" => Outcome::Overloaded,
+            "sale_not_found" => Outcome::SaleNotFound,
+            "invalid_request" | "payload_too_large" => Outcome::InvalidRequest,
+            _ => Outcome::Unavailable,
+        }
+    }
+}
+
+/// Reservation attempts of one sale, by outcome.
+#[derive(Debug, Default)]
+pub struct OutcomeCounters([AtomicU64; Outcome::ALL.len()]);
+
+impl OutcomeCounters {
+    pub fn count(&self, o: Outcome) {
+        self.0[o as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.0[o as usize].load(Relaxed)
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+const LATENCY_BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|b| us <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let mut cumulative = 0;
+        for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let le = *b as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Node-wide metrics; per-sale counters live with each sale's runtime.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub reserve_latency: Histogram,
+    /// Attempts that named no known sale (or an invalid one).
+    pub unrouted: OutcomeCounters,
+    pub batches: AtomicU64,
+    pub batch_items: AtomicU64,
+    pub leases: AtomicU64,
+    pub leases_lost: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+impl Metrics {
+    /// Renders everything in the Prometheus text format. `sales` yields each sale's id and
+    /// counters, and its available/reserved/paid if known.
+    pub fn render<'a>(
+        &self,
+        sales: impl Iterator<Item = (&'a str, &'a OutcomeCounters)>,
+    ) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP ticketrush_reservation_attempts_total Reservation attempts by sale and outcome.\n");
+        out.push_str("# TYPE ticketrush_reservation_attempts_total counter\n");
+        let mut write_counters = |sale: &str, c: &OutcomeCounters| {
+            for o in Outcome::ALL {
+                let n = c.get(o);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "ticketrush_reservation_attempts_total{{sale=\"{sale}\",outcome=\"{}\"}} {n}",
+                        o.label()
+                    );
+                }
+            }
+        };
+        // Sale ids are restricted to `A-Za-z0-9._-:`, so they need no escaping in a label.
+        for (sale, c) in sales {
+            write_counters(sale, c);
+        }
+        write_counters("", &self.unrouted);
+        out.push_str(
+            "# HELP ticketrush_reservation_duration_seconds Latency of the reservation endpoint.\n",
+        );
+        out.push_str("# TYPE ticketrush_reservation_duration_seconds histogram\n");
+        self.reserve_latency
+            .render("ticketrush_reservation_duration_seconds", &mut out);
+        let counters = [
+            (
+                "ticketrush_store_batches_total",
+                "Reservation batches committed to the store.",
+                &self.batches,
+            ),
+            (
+                "ticketrush_store_batch_items_total",
+                "Reservations in those batches.",
+                &self.batch_items,
+            ),
+            (
+                "ticketrush_leases_total",
+                "Leases taken or extended.",
+                &self.leases,
+            ),
+            (
+                "ticketrush_leases_lost_total",
+                "Leases the store took back from this node.",
+                &self.leases_lost,
+            ),
+            (
+                "ticketrush_holds_expired_total",
+                "Holds this node's reaper expired.",
+                &self.expired,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        out
+    }
+}

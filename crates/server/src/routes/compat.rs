@@ -1,0 +1,79 @@
+//! `GET /buy/ticket`: the original prototype's endpoint, so `ab -n 10000 -c 100
+//! http://HOST/buy/ticket` works as in the article. Always 200 with `code` 1 or -1; only a
+//! malformed query is a 400.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use ticketrush_core::{SaleId, UserId};
+
+use super::{json, NodeState, ReservationBody};
+use crate::error::ApiError;
+use crate::node::{new_anonymous_user, Reserved};
+
+#[derive(Deserialize)]
+pub struct BuyQuery {
+    user_id: Option<String>,
+    sale_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    code: i32,
+    msg: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<ReservationBody<'a>>,
+}
+
+pub async fn buy_ticket(
+    State(node): NodeState,
+    q: Result<Query<BuyQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return ApiError::invalid("the query string is malformed").into_response();
+    };
+    let parsed = (|| {
+        let user = match q.user_id.as_deref() {
+            Some(u) => UserId::parse(u)?,
+            None => new_anonymous_user(),
+        };
+        let sale = match q.sale_id.as_deref() {
+            Some(s) => Some(SaleId::parse(s)?),
+            None => node.config.default_sale.clone(),
+        };
+        Ok::<_, ApiError>((user, sale))
+    })();
+    let (user, sale) = match parsed {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Some(sale) = sale else {
+        return failure(
+            "no sale_id given and the server has no default sale (serve --sale ID:TOTAL)",
+        );
+    };
+    match node.reserve(&sale, user, None).await {
+        Ok(Reserved::Created(r) | Reserved::Replayed(r)) => json(
+            StatusCode::OK,
+            &Answer {
+                code: 1,
+                msg: "reserved",
+                data: Some(ReservationBody::of(&r)),
+            },
+        ),
+        Err(e) => failure(&e.message),
+    }
+}
+
+fn failure(msg: &str) -> Response {
+    json(
+        StatusCode::OK,
+        &Answer {
+            code: -1,
+            msg,
+            data: None,
+        },
+    )
+}

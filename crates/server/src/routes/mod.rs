@@ -1,0 +1,172 @@
+//! HTTP routes: one file per endpoint group, each parsing into domain types, calling the node
+//! or the store, and mapping the outcome to a status (see `error.rs`).
+//!
+//! Architecture invariant: routes never change stock themselves; they go through `Node` (the
+//! reservation flow) or the `Store` trait.
+
+mod compat;
+mod ops;
+mod reservations;
+mod sales;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use ticketrush_core::{Reservation, SaleView};
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+pub const X_NODE_ID: HeaderName = HeaderName::from_static("x-node-id");
+
+/// The whole HTTP API of a node. Every response carries `X-Node-Id`.
+pub fn app(node: Arc<Node>) -> Router {
+    let node_id = HeaderValue::from_str(node.config.node_id.as_str())
+        .expect("node ids are within the header alphabet");
+    let router = Router::new()
+        .route("/api/v1/sales", post(sales::create).get(sales::list))
+        .route("/api/v1/sales/{sale_id}", get(sales::get))
+        .route(
+            "/api/v1/sales/{sale_id}/reservations",
+            post(reservations::reserve),
+        )
+        .route(
+            "/api/v1/reservations/{reservation_id}",
+            get(reservations::get),
+        )
+        .route(
+            "/api/v1/reservations/{reservation_id}/pay",
+            post(reservations::pay),
+        )
+        .route(
+            "/api/v1/reservations/{reservation_id}/cancel",
+            post(reservations::cancel),
+        )
+        .route("/buy/ticket", get(compat::buy_ticket))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    with_node_id(router, node_id).with_state(node)
+}
+
+/// The benchmark ceiling: the same HTTP stack (hyper, axum's router, the `X-Node-Id` layer)
+/// answering any method and path with a small fixed JSON body. Whatever a real endpoint costs
+/// beyond this is ours.
+pub fn hello_world() -> Router {
+    async fn hello() -> Response {
+        use axum::response::IntoResponse;
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            "{\"error\":\"sold_out\",\"message\":\"hello\"}",
+        )
+            .into_response()
+    }
+    with_node_id(
+        Router::new().fallback(hello),
+        HeaderValue::from_static("ceiling"),
+    )
+}
+
+/// Adds `X-Node-Id` to every response of `router`.
+fn with_node_id<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    node_id: HeaderValue,
+) -> Router<S> {
+    router.layer(axum::middleware::map_response(move |mut resp: Response| {
+        resp.headers_mut().insert(X_NODE_ID, node_id.clone());
+        std::future::ready(resp)
+    }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// A path segment, or `invalid_request` if it is not valid percent-encoded UTF-8.
+fn segment(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(s)| s)
+        .map_err(|_| ApiError::invalid("the path is not valid percent-encoded UTF-8"))
+}
+
+type NodeState = State<Arc<Node>>;
+
+#[derive(Serialize)]
+struct SaleBody<'a> {
+    id: &'a str,
+    name: &'a str,
+    total: u64,
+    available: u64,
+    reserved: u64,
+    paid: u64,
+    per_user_limit: u32,
+    hold_seconds: u32,
+    opens_at: String,
+}
+
+impl<'a> SaleBody<'a> {
+    fn of(v: &'a SaleView) -> Self {
+        SaleBody {
+            id: v.spec.id.as_str(),
+            name: &v.spec.name,
+            total: v.spec.total,
+            available: v.available,
+            reserved: v.reserved,
+            paid: v.paid,
+            per_user_limit: v.spec.per_user_limit,
+            hold_seconds: v.spec.hold_seconds,
+            opens_at: v.spec.opens_at.to_rfc3339(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ReservationBody<'a> {
+    reservation_id: &'a str,
+    sale_id: &'a str,
+    user_id: &'a str,
+    state: &'static str,
+    created_at: String,
+    expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paid_at: Option<String>,
+}
+
+impl<'a> ReservationBody<'a> {
+    fn of(r: &'a Reservation) -> Self {
+        ReservationBody {
+            reservation_id: r.id.as_str(),
+            sale_id: r.sale_id.as_str(),
+            user_id: r.user_id.as_str(),
+            state: r.state.as_str(),
+            created_at: r.created_at.to_rfc3339(),
+            expires_at: r.expires_at.to_rfc3339(),
+            paid_at: r.paid_at.map(|t| t.to_rfc3339()),
+        }
+    }
+}
+
+/// A JSON answer with a status.
+fn json<T: Serialize>(status: axum::http::StatusCode, body: &T) -> Response {
+    use axum::response::IntoResponse;
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => ApiError::unavailable("could not encode the answer").into_response(),
+    }
+}

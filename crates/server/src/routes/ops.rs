@@ -1,0 +1,46 @@
+//! `/healthz`, `/readyz`, `/metrics`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::NodeState;
+use crate::error::ApiError;
+
+/// 200 while the process is up.
+pub async fn healthz() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}",
+    )
+        .into_response()
+}
+
+/// 200 when the node can sell (its store answers), 503 otherwise.
+pub async fn readyz(State(node): NodeState) -> Response {
+    match node.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"status\":\"ready\"}",
+        )
+            .into_response(),
+        Err(e) => ApiError::unavailable(format!("not ready: {e}")).into_response(),
+    }
+}
+
+pub async fn metrics(State(node): NodeState) -> Response {
+    let runtimes = node.runtimes();
+    let text = node.metrics.render(
+        runtimes
+            .iter()
+            .map(|rt| (rt.spec.id.as_str(), &rt.counters)),
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,116 @@
+//! The store: where the global truth of every sale lives.
+//!
+//! [`Store`] is the one interface the server uses to change stock; nothing else may. It speaks
+//! in batches and leases (DESIGN.md's stock model), so a backend across a network (Redis, next)
+//! serves a batch of reservations in one round trip. [`embedded::EmbeddedStore`] keeps the
+//! [`Ledger`](ticketrush_core::Ledger) in memory under one lock and makes every change durable
+//! through an append-only journal with group commit.
+//!
+//! Methods return boxed futures so the server can hold an `Arc<dyn Store>` and pick the backend
+//! at start; the box is one allocation per call, and calls are per batch, not per request, on
+//! the hot path.
+
+pub mod embedded;
+pub mod journal;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use ticketrush_core::{
+    IdempotencyKey, LeaseGrant, LeaseId, LedgerError, NodeId, Reservation, ReservationId,
+    ReserveItem, ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
+};
+
+pub use embedded::EmbeddedStore;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The request was refused by the rules of the stock model.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The store cannot answer now (down, timed out, backlog full); the caller may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    pub expired: usize,
+    pub leases_reclaimed: usize,
+}
+
+/// The global store. Every method is one atomic step in the store.
+pub trait Store: Send + Sync + 'static {
+    /// The store's notion of now: the clock every deadline is measured against.
+    fn now(&self) -> UnixMs;
+
+    fn create_sale(&self, spec: SaleSpec) -> BoxFuture<'_, StoreResult<SaleView>>;
+    fn sale<'a>(&'a self, id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<SaleView>>>;
+    fn sales(&self) -> BoxFuture<'_, StoreResult<Vec<SaleView>>>;
+
+    /// Leases up to `want` tickets to `node` for `lease_ms`, extending `held` if it is still
+    /// the node's live lease (see `Ledger::lease`).
+    fn lease<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        node: &'a NodeId,
+        held: LeaseId,
+        want: u64,
+        lease_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<LeaseGrant>>;
+    fn renew<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        lease: LeaseId,
+        lease_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<UnixMs>>;
+    /// Returns unsold tickets of a lease to the pool; `close` ends the lease.
+    fn release<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        lease: LeaseId,
+        tickets: u64,
+        close: bool,
+    ) -> BoxFuture<'a, StoreResult<u64>>;
+
+    /// Commits a batch of reservations against a lease and answers each item, durably: when
+    /// this returns, every `Reserved` outcome survives a crash.
+    fn reserve_batch<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        lease: LeaseId,
+        items: Vec<ReserveItem>,
+    ) -> BoxFuture<'a, StoreResult<Vec<ReserveOutcome>>>;
+
+    fn find_idempotent<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        user_id: &'a UserId,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, StoreResult<Option<Reservation>>>;
+    fn reservation<'a>(
+        &'a self,
+        id: &'a ReservationId,
+    ) -> BoxFuture<'a, StoreResult<Option<Reservation>>>;
+    fn pay<'a>(
+        &'a self,
+        id: &'a ReservationId,
+        user_id: &'a UserId,
+    ) -> BoxFuture<'a, StoreResult<Reservation>>;
+    fn cancel<'a>(
+        &'a self,
+        id: &'a ReservationId,
+        user_id: &'a UserId,
+    ) -> BoxFuture<'a, StoreResult<Reservation>>;
+
+    /// Expires due holds (at most `max`) and reclaims lapsed leases. Safe on every node at once.
+    fn reap(&self, max: usize) -> BoxFuture<'_, StoreResult<ReapReport>>;
+
+    /// Answers whether the store can serve: `/readyz`.
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+}

@@ -1,0 +1,249 @@
+//! The `ticketrush` binary: the command line that wires the crates together.
+//!
+//! Every flag also reads `TICKETRUSH_<FLAG>` from the environment. Bad flags exit with code 2
+//! and a clear message (clap's behaviour).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ticketrush_core::LedgerError;
+use ticketrush_core::{NodeId, SaleId, SaleSpec, UnixMs};
+use ticketrush_server::limits::{
+    BATCH_SIZE_CEILING, BATCH_SIZE_DEFAULT, BATCH_WAIT_CEILING, BATCH_WAIT_DEFAULT,
+    LEASE_SECONDS_DEFAULT, LEASE_SECONDS_MAX, PENDING_CEILING, PENDING_DEFAULT,
+};
+use ticketrush_server::NodeConfig;
+use ticketrush_store::{EmbeddedStore, Store, StoreError};
+
+#[derive(Parser)]
+#[command(
+    name = "ticketrush",
+    version,
+    about = "A flash-sale ticketing system: sells every seat exactly once, fast."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a selling node (embedded store: all state in --data-dir).
+    Serve(ServeArgs),
+    /// Run a hello-world server on the same HTTP stack: the ceiling benchmarks compare against.
+    Ceiling(CeilingArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TICKETRUSH_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory of the embedded store (journal); created if missing.
+    #[arg(long, env = "TICKETRUSH_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Bearer token for creating sales. If unset, a random one is made and logged at start.
+    #[arg(long, env = "TICKETRUSH_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Create this sale at start if it does not exist (ID:TOTAL, repeatable). The first is the
+    /// default sale of `/buy/ticket`.
+    #[arg(long = "sale", env = "TICKETRUSH_SALE", value_delimiter = ',', value_parser = parse_sale)]
+    sales: Vec<(SaleId, u64)>,
+    /// This node's name, sent as X-Node-Id (default: node- and random characters).
+    #[arg(long, env = "TICKETRUSH_NODE_ID", value_parser = parse_node_id)]
+    node_id: Option<NodeId>,
+    /// Most reservations committed to the store in one call.
+    #[arg(long, env = "TICKETRUSH_BATCH_SIZE", default_value_t = BATCH_SIZE_DEFAULT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=BATCH_SIZE_CEILING as u64))]
+    batch_size: u64,
+    /// Longest wait, in microseconds, to fill a batch after its first request (0: none).
+    #[arg(long, env = "TICKETRUSH_BATCH_WAIT_US", default_value_t = BATCH_WAIT_DEFAULT.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=BATCH_WAIT_CEILING.as_micros() as u64))]
+    batch_wait_us: u64,
+    /// Reservations per sale waiting for the store before the node answers 429.
+    #[arg(long, env = "TICKETRUSH_PENDING_MAX", default_value_t = PENDING_DEFAULT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=PENDING_CEILING as u64))]
+    pending_max: u64,
+    /// Lease duration in seconds: a dead node's unsold share returns to the pool within it.
+    #[arg(long, env = "TICKETRUSH_LEASE_SECONDS", default_value_t = LEASE_SECONDS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=LEASE_SECONDS_MAX))]
+    lease_seconds: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+struct CeilingArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TICKETRUSH_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "TICKETRUSH_WORKERS", value_parser = clap::value_parser!(u64).range(1..=256))]
+    workers: Option<u64>,
+    /// Log filter, e.g. info or ticketrush_server=debug.
+    #[arg(long, env = "TICKETRUSH_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_sale(s: &str) -> Result<(SaleId, u64), String> {
+    // Sale ids may contain ':', so the total is what follows the last one.
+    let (id, total) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not ID:TOTAL"))?;
+    let id = SaleId::parse(id).map_err(|e| e.to_string())?;
+    let total = total
+        .parse()
+        .map_err(|_| format!("{total:?} is not a whole number of tickets"))?;
+    Ok((id, total))
+}
+
+fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    NodeId::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime_args = match &cli.command {
+        Command::Serve(a) => &a.runtime,
+        Command::Ceiling(a) => &a.runtime,
+    };
+    init_logging(&runtime_args.log);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = runtime_args.workers {
+        builder.worker_threads(n as usize);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ticketrush: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(a) => serve(a).await,
+            Command::Ceiling(a) => ceiling(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ticketrush: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (store, recovery) = EmbeddedStore::open(&args.data_dir)?;
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        events = recovery.events,
+        torn_bytes = recovery.torn_bytes,
+        leases_reclaimed = recovery.leases_reclaimed,
+        "embedded store opened"
+    );
+    let store: Arc<dyn Store> = Arc::new(store);
+    for (id, total) in &args.sales {
+        ensure_sale(store.as_ref(), id, *total).await?;
+    }
+    let admin_token = args.admin_token.unwrap_or_else(|| {
+        let t = ticketrush_server::node::new_reservation_id().to_string();
+        tracing::warn!(admin_token = %t, "no --admin-token given; made one for this run");
+        t
+    });
+    let node_id = args.node_id.unwrap_or_else(|| {
+        let r = ticketrush_server::node::new_reservation_id();
+        NodeId::parse(&format!("node-{}", &r.as_str()[..6])).expect("valid node id")
+    });
+    let config = NodeConfig {
+        node_id: node_id.clone(),
+        admin_token,
+        batch_size_max: args.batch_size as usize,
+        batch_wait: Duration::from_micros(args.batch_wait_us),
+        pending_max: args.pending_max as usize,
+        lease: Duration::from_secs(args.lease_seconds),
+        default_sale: args.sales.first().map(|(id, _)| id.clone()),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let started = ticketrush_server::start(config, store);
+    // The one line on stdout: tests and scripts read the address from it.
+    println!("ticketrush listening on http://{addr} as {node_id}");
+    tracing::info!(%addr, node = %node_id, "serving");
+    ticketrush_server::http::serve(listener, started.router.clone(), shutdown_signal()).await;
+    tracing::info!("shutting down: returning unsold allotments");
+    started.shutdown().await;
+    Ok(())
+}
+
+/// Creates the sale of `--sale ID:TOTAL` with the contract's defaults, unless it exists.
+async fn ensure_sale(store: &dyn Store, id: &SaleId, total: u64) -> anyhow::Result<()> {
+    let now: UnixMs = store.now();
+    let spec = SaleSpec::new(id.clone(), None, total, None, None, now)
+        .with_context(|| format!("--sale {id}:{total}"))?;
+    match store.create_sale(spec).await {
+        Ok(_) => tracing::info!(sale = %id, total, "sale created"),
+        Err(StoreError::Ledger(LedgerError::SaleExists)) => {
+            tracing::info!(sale = %id, "sale exists; keeping it as it is")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot create sale {id}")),
+    }
+    Ok(())
+}
+
+async fn ceiling(args: CeilingArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("ticketrush ceiling listening on http://{addr}");
+    let router = ticketrush_server::routes::hello_world();
+    ticketrush_server::http::serve(listener, router, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

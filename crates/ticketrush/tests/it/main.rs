@@ -1,0 +1,8 @@
+//! Integration tests: the real router over real sockets, and the real binary for crashes.
+//! One test binary for the crate, so the suite links once.
+
+mod contract;
+mod crash;
+mod hostile;
+mod races;
+mod support;
