@@ -2,14 +2,26 @@
 //!
 //! axum's `Json` extractor answers its own plain-text rejections (and 415 for a missing content
 //! type); the contract wants `{"error": ...}` everywhere, so bodies are read here instead.
+//!
+//! [`drain_unread`] is the other half: whatever a handler left unread of a body is read and
+//! discarded (within bounds) before the answer is sent, so an early refusal is not lost to a
+//! TCP reset.
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Frame, SizeHint};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::limits::BODY_BYTES_MAX;
+use crate::limits::{BODY_BYTES_MAX, BODY_DRAIN_BYTES_MAX, BODY_DRAIN_TIMEOUT, BODY_READ_TIMEOUT};
 
 /// Checks the content type and size, reads the body, and parses it as `T`.
 pub async fn read_json<T: DeserializeOwned>(
@@ -28,10 +40,16 @@ pub async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
         return Err(ApiError::payload_too_large());
     }
-    let bytes = match Limited::new(body, BODY_BYTES_MAX).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(ApiError::payload_too_large()),
-        Err(_) => return Err(ApiError::invalid("the body could not be read")),
+    // A client that declares a body and never sends it must not hold the request forever.
+    let collected = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, BODY_BYTES_MAX).collect(),
+    );
+    let bytes = match collected.await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(ApiError::payload_too_large()),
+        Ok(Err(_)) => return Err(ApiError::invalid("the body could not be read")),
+        Err(_) => return Err(ApiError::body_timeout()),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid("the body is empty; send a JSON object"));
@@ -48,4 +66,118 @@ fn is_json(headers: &HeaderMap) -> bool {
     };
     let mime = v.split(';').next().unwrap_or("").trim();
     mime.eq_ignore_ascii_case("application/json")
+}
+
+/// Middleware: after the handler answers, reads and discards what it left of the request body
+/// (up to `BODY_DRAIN_BYTES_MAX`, within `BODY_DRAIN_TIMEOUT`), so the client, still sending,
+/// gets the answer instead of a reset. Past the bounds, or when the client waits for
+/// `100 Continue`, the answer says `Connection: close` and nothing more is read.
+pub async fn drain_unread(req: Request, next: Next) -> Response {
+    if !may_outlast_handler(req.headers()) {
+        return next.run(req).await;
+    }
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let left = Arc::new(Mutex::new(None));
+    let req = req.map(|inner| {
+        Body::new(Tracked {
+            inner: Some(inner),
+            left: left.clone(),
+        })
+    });
+    let mut resp = next.run(req).await;
+    let unread = left.lock().expect("body slot lock").take();
+    if let Some(body) = unread {
+        if expects_continue || !discard(body).await {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    resp
+}
+
+/// Whether a body may outlast what a handler reads: one sent in chunks, or declared larger
+/// than any handler reads. A body within `BODY_BYTES_MAX` arrives with its headers and hyper
+/// reads what a handler left of it; not tracking those keeps the reservation path free of
+/// this layer's cost.
+fn may_outlast_handler(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > BODY_BYTES_MAX as u64)
+}
+
+/// Reads `body` to its end within the bounds; answers whether it got there.
+async fn discard(mut body: Body) -> bool {
+    if body.size_hint().lower() > BODY_DRAIN_BYTES_MAX {
+        return false;
+    }
+    let read = async {
+        let mut budget = BODY_DRAIN_BYTES_MAX;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                let Some(rest) = budget.checked_sub(data.len() as u64) else {
+                    return false;
+                };
+                budget = rest;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(BODY_DRAIN_TIMEOUT, read)
+        .await
+        .unwrap_or(false)
+}
+
+/// A request body that, when dropped before its end, leaves the rest in `left` for
+/// [`drain_unread`].
+struct Tracked {
+    inner: Option<Body>,
+    left: Arc<Mutex<Option<Body>>>,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.inner = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            if !inner.is_end_stream() {
+                if let Ok(mut left) = self.left.lock() {
+                    *left = Some(inner);
+                }
+            }
+        }
+    }
 }

@@ -39,6 +39,16 @@ impl ApiError {
             ),
         )
     }
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            format!(
+                "the body did not arrive within {} seconds",
+                crate::limits::BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
+    }
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -148,14 +158,31 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The sold-out answer, built once: it is most of what a node says on sale day.
+static SOLD_OUT_BODY: std::sync::LazyLock<bytes::Bytes> =
+    std::sync::LazyLock::new(|| bytes::Bytes::from(ApiError::sold_out().body()));
+
+impl ApiError {
+    fn body(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(40 + self.code.len() + self.message.len());
+        body.extend_from_slice(b"{\"error\":\"");
+        body.extend_from_slice(self.code.as_bytes());
+        body.extend_from_slice(b"\",\"message\":");
+        if serde_json::to_writer(&mut body, self.message.as_ref()).is_err() {
+            body.extend_from_slice(b"\"\"");
+        }
+        body.push(b'}');
+        body
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = String::with_capacity(48 + self.message.len());
-        body.push_str("{\"error\":\"");
-        body.push_str(self.code);
-        body.push_str("\",\"message\":");
-        body.push_str(&serde_json::to_string(&self.message).unwrap_or_else(|_| "\"\"".into()));
-        body.push('}');
+        let body = if self.code == "sold_out" {
+            SOLD_OUT_BODY.clone()
+        } else {
+            bytes::Bytes::from(self.body())
+        };
         let mut resp = (self.status, body).into_response();
         let headers = resp.headers_mut();
         headers.insert(

@@ -7,6 +7,19 @@ use std::time::Duration;
 /// not a ticketing request. Larger bodies get 413 `payload_too_large` before they are read.
 pub const BODY_BYTES_MAX: usize = 4 * 1024;
 
+/// A request body the node did not read to its end (an early 4xx: bad token, bad path, too
+/// large) is read and thrown away, up to this many bytes and this long, before the answer goes
+/// out. Closing a socket with unread input makes the kernel send a reset, and a client still
+/// sending its body then never sees the answer: the contract wants a 413 (or 401, 404...), not
+/// a dropped connection. Past either bound the node answers with `Connection: close` instead.
+pub const BODY_DRAIN_BYTES_MAX: u64 = 2 * 1024 * 1024;
+pub const BODY_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A declared body must arrive within this; past it the node answers 408 `invalid_request`.
+/// Headers have their own timeout (`HEADER_READ_TIMEOUT`); this closes the slow-body variant of
+/// slow-loris.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Open connections per node. Past this, new connections wait in the kernel's accept backlog
 /// rather than costing the node memory and file descriptors.
 pub const CONNECTIONS_MAX: usize = 16 * 1024;
@@ -66,6 +79,7 @@ pub const LEASE_SECONDS_MAX: u64 = 3_600;
 /// Tries of one reservation when the store took its lease back meanwhile.
 pub const RESERVE_ATTEMPTS_MAX: usize = 3;
 
-/// Refill rounds one reservation may go through when other requests keep draining each fresh
-/// chunk first; past it the node answers 429 rather than spin.
-pub const REFILL_ROUNDS_MAX: usize = 32;
+/// Longest a reservation keeps trying for a ticket while other requests drain each fresh chunk
+/// or hold the last tickets in flight (they may give them back); past it the node answers 429
+/// rather than spin.
+pub const RESERVE_WAIT_MAX: Duration = Duration::from_secs(2);

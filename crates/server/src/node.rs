@@ -20,8 +20,8 @@ use ticketrush_store::{Store, StoreError};
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::error::ApiError;
 use crate::limits::{
-    LEASE_CHUNK_FAST, LEASE_CHUNK_MAX, LEASE_CHUNK_MIN, LEASE_CHUNK_SLOW, REFILL_ROUNDS_MAX,
-    RESERVE_ATTEMPTS_MAX, SOLD_OUT_RECHECK,
+    LEASE_CHUNK_FAST, LEASE_CHUNK_MAX, LEASE_CHUNK_MIN, LEASE_CHUNK_SLOW, RESERVE_ATTEMPTS_MAX,
+    RESERVE_WAIT_MAX, SOLD_OUT_RECHECK,
 };
 use crate::metrics::{Metrics, Outcome, OutcomeCounters};
 use crate::stock::LocalStock;
@@ -69,6 +69,8 @@ pub struct SaleRuntime {
     prefetching: AtomicBool,
     /// The last chunk asked for, for the prefetch watermark (a quarter of it).
     chunk_hint: AtomicU64,
+    /// Set once the sale is seen open, so the hot path stops reading the clock for it.
+    open: AtomicBool,
     /// Tickets taken since the lease keeper last looked; 0 means idle.
     pub taken_since_tick: AtomicU64,
 }
@@ -155,6 +157,7 @@ impl Node {
                 }),
                 pool_empty_until_ms: AtomicU64::new(0),
                 prefetching: AtomicBool::new(false),
+                open: AtomicBool::new(false),
                 chunk_hint: AtomicU64::new(LEASE_CHUNK_MIN),
                 taken_since_tick: AtomicU64::new(0),
             })
@@ -191,22 +194,32 @@ impl Node {
         user_id: UserId,
         key: Option<IdempotencyKey>,
     ) -> Result<Reserved, ApiError> {
-        if self.store.now() < rt.spec.opens_at {
-            return Err(ApiError::not_open());
+        if !rt.open.load(Relaxed) {
+            if self.store.now() < rt.spec.opens_at {
+                return Err(ApiError::not_open());
+            }
+            rt.open.store(true, Relaxed);
         }
-        let (mut attempts, mut refills) = (0, 0);
+        let mut attempts = 0;
+        let mut give_up_at: Option<tokio::time::Instant> = None;
         while attempts < RESERVE_ATTEMPTS_MAX {
             let Some(lease) = rt.stock.take() else {
-                // Others may drain a fresh chunk before this request gets a ticket; a bounded
-                // number of rounds, then the honest answer is "busy, retry".
-                refills += 1;
-                if refills > REFILL_ROUNDS_MAX {
+                // Others may drain each fresh chunk, or hold the last tickets in flight, before
+                // this request gets one; it keeps trying for a bounded time, then the honest
+                // answer is "busy, retry".
+                let deadline = *give_up_at
+                    .get_or_insert_with(|| tokio::time::Instant::now() + RESERVE_WAIT_MAX);
+                if tokio::time::Instant::now() >= deadline {
                     return Err(ApiError::overloaded());
                 }
-                if self.refill(rt).await? || rt.stock.wait_for_settlement().await {
+                if self.refill(rt).await? {
                     continue;
                 }
-                return self.sold_out(rt, &user_id, key.as_ref()).await;
+                match tokio::time::timeout_at(deadline, rt.stock.wait_for_settlement()).await {
+                    Ok(true) => continue,
+                    Ok(false) => return self.sold_out(rt, &user_id, key.as_ref()).await,
+                    Err(_) => return Err(ApiError::overloaded()),
+                }
             };
             rt.taken_since_tick.fetch_add(1, Relaxed);
             self.maybe_prefetch(rt);

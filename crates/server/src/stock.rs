@@ -44,6 +44,10 @@ impl LocalStock {
     /// Waits for the next settlement if any ticket is in flight; answers false at once if none
     /// is (then the stock really is empty).
     pub async fn wait_for_settlement(&self) -> bool {
+        // The common case (sold out, nothing in flight) must not touch the Notify's lock.
+        if self.in_flight.load(Acquire) == 0 {
+            return false;
+        }
         let notified = self.settled.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();

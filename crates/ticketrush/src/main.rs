@@ -20,6 +20,11 @@ use ticketrush_server::limits::{
 use ticketrush_server::NodeConfig;
 use ticketrush_store::{EmbeddedStore, Store, StoreError};
 
+/// mimalloc: per-thread free lists make the many small allocations of HTTP handling cheaper
+/// than glibc's arenas (measured in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ticketrush",

@@ -53,7 +53,8 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::body::drain_unread));
     with_node_id(router, node_id).with_state(node)
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -26,14 +26,15 @@ struct UserBody {
 pub async fn reserve(
     State(node): NodeState,
     sale_id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
+    // The request is taken whole (not a `HeaderMap` extractor, which clones every header).
+    let (parts, body) = req.into_parts();
     let result = async {
         let sale_id = SaleId::parse(&segment(sale_id)?)?;
-        let key = idempotency_key(&headers)?;
-        let req: UserBody = read_json(&headers, body).await?;
+        let key = idempotency_key(&parts.headers)?;
+        let req: UserBody = read_json(&parts.headers, body).await?;
         Ok::<_, ApiError>((sale_id, key, req.user_id))
     }
     .await;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One node, one sale of TICKETS tickets, distinct users, CONNS keep-alive connections, for
+# SECONDS: first the hello-world ceiling on the same HTTP stack, then the real node, with the
+# very same requests (bench/reserve.lua). Prints both and the ratio. Needs wrk
+# (apt-get install wrk). Everything listens on loopback and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TICKETS=${TICKETS:-10000}
+CONNS=${CONNS:-100}
+SECONDS_RUN=${SECONDS_RUN:-15}
+THREADS=${THREADS:-2}
+PORT=${PORT:-18181}
+command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 1; }
+cargo build --release -q -p ticketrush
+BIN=target/release/ticketrush
+DATA=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
+
+run_wrk() { wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$1" -- bench; }
+wait_port() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
+
+echo "== ceiling: hello-world on the same stack"
+$BIN ceiling --listen 127.0.0.1:$PORT >/dev/null 2>&1 &
+wait_port healthz
+run_wrk "http://127.0.0.1:$PORT" | tee "$DATA/ceiling.txt"
+kill "$!"; wait "$!" 2>/dev/null || true
+
+echo "== ticketrush serve: sale bench:$TICKETS"
+$BIN serve --listen 127.0.0.1:$PORT --data-dir "$DATA/node" --admin-token bench \
+  --sale "bench:$TICKETS" --log warn >/dev/null &
+NODE=$!
+wait_port healthz
+run_wrk "http://127.0.0.1:$PORT" | tee "$DATA/node.txt"
+echo "== sale after the run"
+curl -s "http://127.0.0.1:$PORT/api/v1/sales/bench"; echo
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^ticketrush_(reservation_attempts|store_batch)' || true
+echo "== node RSS (KiB): $(ps -o rss= -p "$NODE")"
+kill "$NODE"; wait "$NODE" 2>/dev/null || true
+
+rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
+p99() { awk '$1=="99%" {print $2}' "$1"; }
+c=$(rps "$DATA/ceiling.txt"); n=$(rps "$DATA/node.txt")
+echo "== summary"
+echo "ceiling rps $c p99 $(p99 "$DATA/ceiling.txt")"
+echo "node    rps $n p99 $(p99 "$DATA/node.txt")"
+awk -v n="$n" -v c="$c" 'BEGIN { printf "ratio node/ceiling %.3f\n", n / c }'
