@@ -10,25 +10,34 @@ CONNS=${CONNS:-100}
 SECONDS_RUN=${SECONDS_RUN:-15}
 THREADS=${THREADS:-2}
 PORT=${PORT:-18181}
+# PIN=1: server on core 0 with one worker, wrk on core 1 with one thread, so they do not
+# preempt each other (the fairer per-core comparison on a 2-core machine).
+PIN=${PIN:-0}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 1; }
 cargo build --release -q -p ticketrush
 BIN=target/release/ticketrush
 DATA=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
-run_wrk() { wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$1" -- bench; }
+WORKERS=()
+WRK=(wrk -t"$THREADS")
+if [ "$PIN" = 1 ]; then WORKERS=(--workers 1); WRK=(taskset -c 1 wrk -t1); fi
+pin() { if [ "$PIN" = 1 ]; then taskset -p -a -c 0 "$1" >/dev/null; fi; }
+run_wrk() { "${WRK[@]}" -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$1" -- bench; }
 wait_port() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
 
 echo "== ceiling: hello-world on the same stack"
-$BIN ceiling --listen 127.0.0.1:$PORT >/dev/null 2>&1 &
+$BIN ceiling --listen 127.0.0.1:$PORT "${WORKERS[@]}" >/dev/null 2>&1 &
+pin $!
 wait_port healthz
 run_wrk "http://127.0.0.1:$PORT" | tee "$DATA/ceiling.txt"
 kill "$!"; wait "$!" 2>/dev/null || true
 
 echo "== ticketrush serve: sale bench:$TICKETS"
 $BIN serve --listen 127.0.0.1:$PORT --data-dir "$DATA/node" --admin-token bench \
-  --sale "bench:$TICKETS" --log warn >/dev/null &
+  --sale "bench:$TICKETS" --log warn "${WORKERS[@]}" >/dev/null &
 NODE=$!
+pin $NODE
 wait_port healthz
 run_wrk "http://127.0.0.1:$PORT" | tee "$DATA/node.txt"
 echo "== sale after the run"

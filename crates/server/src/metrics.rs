@@ -3,10 +3,51 @@
 //! A metrics library would cost a map lookup and a label allocation per request; here each sale
 //! owns a fixed array of outcome counters (the number of sales is bounded by `SALES_MAX`, so
 //! the series are too), and the latency histogram is a fixed array of buckets.
+//!
+//! Every counter is sharded by worker thread, each shard on its own cache lines: a counter all
+//! cores add to on every request would bounce its cache line between them, which measured as a
+//! real share of a sold-out answer's cost. Reading sums the shards.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
+
+/// Shards per counter; threads beyond it share shards (still correct, just contended).
+const SHARDS: usize = 8;
+
+/// This thread's shard, assigned round-robin on first use.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// A value alone on its cache lines (128 bytes covers adjacent-line prefetching).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// One padded copy of `T` per shard.
+#[derive(Debug)]
+struct Sharded<T>([Padded<T>; SHARDS]);
+
+impl<T: Default> Default for Sharded<T> {
+    fn default() -> Self {
+        Sharded(std::array::from_fn(|_| Padded::default()))
+    }
+}
+
+impl<T> Sharded<T> {
+    fn local(&self) -> &T {
+        &self.0[shard()].0
+    }
+
+    fn sum(&self, f: impl Fn(&T) -> u64) -> u64 {
+        self.0.iter().map(|p| f(&p.0)).sum()
+    }
+}
 
 /// How a reservation attempt ended: the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,15 +106,15 @@ impl Outcome {
 
 /// Reservation attempts of one sale, by outcome.
 #[derive(Debug, Default)]
-pub struct OutcomeCounters([AtomicU64; Outcome::ALL.len()]);
+pub struct OutcomeCounters(Sharded<[AtomicU64; Outcome::ALL.len()]>);
 
 impl OutcomeCounters {
     pub fn count(&self, o: Outcome) {
-        self.0[o as usize].fetch_add(1, Relaxed);
+        self.0.local()[o as usize].fetch_add(1, Relaxed);
     }
 
     pub fn get(&self, o: Outcome) -> u64 {
-        self.0[o as usize].load(Relaxed)
+        self.0.sum(|c| c[o as usize].load(Relaxed))
     }
 }
 
@@ -84,32 +125,36 @@ const LATENCY_BUCKETS_US: [u64; 14] = [
 ];
 
 #[derive(Debug, Default)]
-pub struct Histogram {
+struct HistogramShard {
     buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+pub struct Histogram(Sharded<HistogramShard>);
+
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let h = self.0.local();
         if let Some(i) = LATENCY_BUCKETS_US.iter().position(|b| us <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+            h.buckets[i].fetch_add(1, Relaxed);
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
+        h.count.fetch_add(1, Relaxed);
+        h.sum_us.fetch_add(us, Relaxed);
     }
 
     fn render(&self, name: &str, out: &mut String) {
         let mut cumulative = 0;
         for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
+            cumulative += self.0.sum(|h| h.buckets[i].load(Relaxed));
             let le = *b as f64 / 1e6;
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
-        let count = self.count.load(Relaxed);
+        let count = self.0.sum(|h| h.count.load(Relaxed));
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let sum = self.0.sum(|h| h.sum_us.load(Relaxed)) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
     }

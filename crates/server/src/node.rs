@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -90,9 +92,12 @@ pub struct Node {
     pub config: NodeConfig,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
-    /// Sales this node has served, by id. Read on every request, written once per sale; a std
-    /// lock because it is never held across an `.await`. Bounded by the store's `SALES_MAX`.
-    sales: RwLock<HashMap<SaleId, Arc<SaleRuntime>>>,
+    /// Sales this node has served, by id. Read on every request, written once per sale, so it
+    /// is copy-on-write behind an `ArcSwap`: a read touches no cache line another core writes
+    /// (a `RwLock` read would, twice). Writers serialise on `sales_write`. Bounded by the
+    /// store's `SALES_MAX`.
+    sales: ArcSwap<HashMap<SaleId, Arc<SaleRuntime>>>,
+    sales_write: Mutex<()>,
     /// The node clock's origin, for cheap monotonic milliseconds.
     started: Instant,
 }
@@ -103,7 +108,8 @@ impl Node {
             config,
             store,
             metrics: Arc::new(Metrics::default()),
-            sales: RwLock::new(HashMap::new()),
+            sales: ArcSwap::from_pointee(HashMap::new()),
+            sales_write: Mutex::new(()),
             started: Instant::now(),
         })
     }
@@ -114,17 +120,12 @@ impl Node {
 
     /// The runtimes of the sales this node has served so far.
     pub fn runtimes(&self) -> Vec<Arc<SaleRuntime>> {
-        self.sales
-            .read()
-            .expect("sales lock")
-            .values()
-            .cloned()
-            .collect()
+        self.sales.load().values().cloned().collect()
     }
 
     /// The runtime of a sale, made on first use from the store's definition.
     pub async fn runtime(&self, sale_id: &SaleId) -> Result<Arc<SaleRuntime>, ApiError> {
-        if let Some(rt) = self.sales.read().expect("sales lock").get(sale_id) {
+        if let Some(rt) = self.sales.load().get(sale_id) {
             return Ok(rt.clone());
         }
         let view = self
@@ -132,8 +133,11 @@ impl Node {
             .sale(sale_id)
             .await?
             .ok_or_else(ApiError::sale_not_found)?;
-        let mut sales = self.sales.write().expect("sales lock");
-        let rt = sales.entry(sale_id.clone()).or_insert_with(|| {
+        let _writer = self.sales_write.lock().expect("sales write lock");
+        if let Some(rt) = self.sales.load().get(sale_id) {
+            return Ok(rt.clone());
+        }
+        let rt = {
             let stock = Arc::new(LocalStock::default());
             let batcher = Batcher::start(
                 self.store.clone(),
@@ -161,8 +165,11 @@ impl Node {
                 chunk_hint: AtomicU64::new(LEASE_CHUNK_MIN),
                 taken_since_tick: AtomicU64::new(0),
             })
-        });
-        Ok(rt.clone())
+        };
+        let mut sales = HashMap::clone(&self.sales.load());
+        sales.insert(sale_id.clone(), rt.clone());
+        self.sales.store(Arc::new(sales));
+        Ok(rt)
     }
 
     /// Reserves one ticket of `sale_id` for `user_id`, counting the outcome in the metrics.
