@@ -254,9 +254,8 @@ impl Node {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::unavailable(
-            "the node could not keep a lease on this sale; retry",
-        ))
+        // The store kept taking the lease back (a churning cluster): busy, retry.
+        Err(ApiError::overloaded())
     }
 
     /// The allotment and the pool are empty. An idempotent retry of a reservation that won
@@ -289,15 +288,17 @@ impl Node {
             return Ok(false);
         }
         let (node, rt2) = (self.clone(), rt.clone());
-        tokio::spawn(async move { node.refill_locked(&rt2).await })
+        tokio::spawn(async move { node.refill_locked(&rt2, false).await })
             .await
             .map_err(|_| ApiError::unavailable("the refill task failed"))?
             .map_err(ApiError::from)
     }
 
-    async fn refill_locked(&self, rt: &SaleRuntime) -> Result<bool, StoreError> {
+    /// Leases the next chunk, one refill at a time per sale. Unless `ahead` (a prefetch), a
+    /// refill that finds tickets already back in the allotment does nothing.
+    async fn refill_locked(&self, rt: &SaleRuntime, ahead: bool) -> Result<bool, StoreError> {
         let mut st = rt.refill.lock().await;
-        if rt.stock.allotment.remaining() > 0 {
+        if !ahead && rt.stock.allotment.remaining() > 0 {
             return Ok(true);
         }
         if rt.pool_known_empty(self.clock_ms()) {
@@ -340,7 +341,7 @@ impl Node {
         }
         let (node, rt) = (self.clone(), rt.clone());
         tokio::spawn(async move {
-            if let Err(e) = node.refill_locked(&rt).await {
+            if let Err(e) = node.refill_locked(&rt, true).await {
                 tracing::debug!(error = %e, sale = %rt.spec.id, "prefetch lease failed");
             }
             rt.prefetching.store(false, Relaxed);

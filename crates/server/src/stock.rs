@@ -23,9 +23,14 @@ pub struct LocalStock {
 impl LocalStock {
     /// Takes a ticket; it counts as in flight until `settle`.
     pub fn take(&self) -> Option<LeaseId> {
-        let lease = self.allotment.try_take()?;
+        // Counted before the take, so no one can see the allotment empty and nothing in flight
+        // while this ticket is between the two.
         self.in_flight.fetch_add(1, AcqRel);
-        Some(lease)
+        let lease = self.allotment.try_take();
+        if lease.is_none() {
+            self.in_flight.fetch_sub(1, AcqRel);
+        }
+        lease
     }
 
     /// A ticket taken but never submitted (the queue was full): straight back.

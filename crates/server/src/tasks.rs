@@ -75,8 +75,8 @@ async fn reaper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Renews each sale's lease at a third of its duration. A lease the store took back is
-/// forgotten (the next reservation leases anew). An allotment that sold nothing for a whole
-/// period goes back to the pool, so an idle node does not sit on tickets others could sell.
+/// forgotten (the next reservation leases anew). A lease whose allotment sold nothing for a
+/// whole period is given back, so an idle node does not sit on tickets others could sell.
 async fn lease_keeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let lease_ms = node.config.lease.as_millis() as i64;
     let period = node.config.lease / 3;
@@ -86,12 +86,22 @@ async fn lease_keeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             if lease == 0 {
                 continue;
             }
-            let idle = rt.taken_since_tick.swap(0, Relaxed) == 0;
-            if idle && rt.stock.allotment.remaining() > 0 {
+            // A sale that sold nothing for a whole period gives its lease up entirely: the
+            // unsold tickets go back to the pool for other nodes, and a sold-out or forgotten
+            // sale stops costing a renewal (and a journal event) every period.
+            if rt.taken_since_tick.swap(0, Relaxed) == 0 {
                 let (lease, tickets) = rt.stock.allotment.drain();
-                if let Err(e) = node.store.release(&rt.spec.id, lease, tickets, false).await {
-                    tracing::debug!(error = %e, sale = %rt.spec.id, "returning an idle allotment failed");
+                match node.store.release(&rt.spec.id, lease, tickets, true).await {
+                    Ok(_) | Err(StoreError::Ledger(LedgerError::LeaseLost)) => {
+                        rt.stock.allotment.forget(lease);
+                    }
+                    Err(e) => {
+                        // Not returned: keep selling them rather than strand them.
+                        rt.stock.allotment.install(lease, tickets);
+                        tracing::warn!(error = %e, sale = %rt.spec.id, "returning an idle allotment failed");
+                    }
                 }
+                continue;
             }
             match node.store.renew(&rt.spec.id, lease, lease_ms).await {
                 Ok(_) => {}

@@ -187,7 +187,7 @@ impl EmbeddedStore {
     }
 
     /// Runs one ledger operation in the critical section and queues its events for the
-    /// journal. Answers the result and the sequence number to wait for (0: nothing to wait).
+    /// journal. Answers the result and the sequence number to wait for before answering.
     fn mutate<T>(
         &self,
         op: impl FnOnce(&mut Ledger, UnixMs, &mut Vec<Event>) -> Result<T, LedgerError>,
@@ -207,8 +207,9 @@ impl EmbeddedStore {
             st.seq += events.len() as u64;
             self.shared.wake.notify_one();
         }
-        let seq = if events.is_empty() { 0 } else { st.seq };
-        Ok((result?, seq))
+        // Even an answer that recorded nothing (a replayed key, paying a paid reservation) may
+        // rest on events not yet on disk: it waits for everything recorded before it.
+        Ok((result?, st.seq))
     }
 
     /// Waits until the journal is durable up to `seq`.
@@ -354,12 +355,18 @@ impl Store for EmbeddedStore {
         user_id: &'a UserId,
         key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, StoreResult<Option<Reservation>>> {
-        let r = self
-            .lock()
-            .ledger
-            .find_idempotent(sale_id, user_id, key)
-            .cloned();
-        Box::pin(async move { Ok(r) })
+        // The replay is an acknowledgement too: answer it only once what it shows is durable.
+        let (r, seq) = {
+            let st = self.lock();
+            (
+                st.ledger.find_idempotent(sale_id, user_id, key).cloned(),
+                st.seq,
+            )
+        };
+        Box::pin(async move {
+            self.durable(seq).await?;
+            Ok(r)
+        })
     }
 
     fn reservation<'a>(
@@ -402,14 +409,19 @@ impl Store for EmbeddedStore {
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         let writer_alive = self.writer.as_ref().is_some_and(|w| !w.is_finished());
+        let backlog_full = self.lock().pending.len() > JOURNAL_PENDING_BYTES_MAX;
         Box::pin(async move {
-            if writer_alive {
-                Ok(())
-            } else {
-                Err(StoreError::Unavailable(
+            if !writer_alive {
+                return Err(StoreError::Unavailable(
                     "the journal writer has stopped".into(),
-                ))
+                ));
             }
+            if backlog_full {
+                return Err(StoreError::Unavailable(
+                    "the journal is not keeping up".into(),
+                ));
+            }
+            Ok(())
         })
     }
 }

@@ -97,7 +97,7 @@ struct RuntimeArgs {
     #[arg(long, env = "TICKETRUSH_WORKERS", value_parser = clap::value_parser!(u64).range(1..=256))]
     workers: Option<u64>,
     /// Log filter, e.g. info or ticketrush_server=debug.
-    #[arg(long, env = "TICKETRUSH_LOG", default_value = "info")]
+    #[arg(long, env = "TICKETRUSH_LOG", default_value = "info", value_parser = parse_log)]
     log: String,
 }
 
@@ -107,10 +107,22 @@ fn parse_sale(s: &str) -> Result<(SaleId, u64), String> {
         .rsplit_once(':')
         .ok_or_else(|| format!("{s:?} is not ID:TOTAL"))?;
     let id = SaleId::parse(id).map_err(|e| e.to_string())?;
-    let total = total
+    let total: u64 = total
         .parse()
         .map_err(|_| format!("{total:?} is not a whole number of tickets"))?;
+    if !(1..=ticketrush_core::sale::SALE_TOTAL_MAX).contains(&total) {
+        return Err(format!(
+            "the total must be between 1 and {}",
+            ticketrush_core::sale::SALE_TOTAL_MAX
+        ));
+    }
     Ok((id, total))
+}
+
+fn parse_log(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log filter: {e}"))
 }
 
 fn parse_node_id(s: &str) -> Result<NodeId, String> {
