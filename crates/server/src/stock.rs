@@ -23,6 +23,10 @@ pub struct LocalStock {
 impl LocalStock {
     /// Takes a ticket; it counts as in flight until `settle`.
     pub fn take(&self) -> Option<LeaseId> {
+        // The sold-out path: one plain load, no write to a shared cache line.
+        if self.allotment.remaining() == 0 {
+            return None;
+        }
         // Counted before the take, so no one can see the allotment empty and nothing in flight
         // while this ticket is between the two.
         self.in_flight.fetch_add(1, AcqRel);
