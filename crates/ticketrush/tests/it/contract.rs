@@ -206,14 +206,7 @@ async fn create_sale_refuses_values_out_of_range_with_invalid_request() {
         ("total missing", json!({"id": "s1"})),
     ];
     for (what, body) in cases {
-        let a = c
-            .send(
-                c.http
-                    .post(format!("{}/api/v1/sales", c.base))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .json(&body),
-            )
-            .await;
+        let a = c.admin_post_sale(&body).await;
         assert_eq!(a.status, 400, "{what}: {a:?}");
         assert_error(&a, 400, "invalid_request");
     }

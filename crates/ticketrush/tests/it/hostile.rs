@@ -739,14 +739,7 @@ async fn hostile_sale_definitions_are_400_invalid_request() {
     cases.push(("empty object".into(), json!({})));
     cases.push(("array".into(), json!([{"id": "s1", "total": 10}])));
     for (what, body) in cases {
-        let a = c
-            .send(
-                c.http
-                    .post(format!("{}/api/v1/sales", c.base))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .json(&body),
-            )
-            .await;
+        let a = c.admin_post_sale(&body).await;
         assert_refused(&a, 400, "invalid_request", &what);
     }
     assert_refused(

@@ -154,6 +154,17 @@ impl Client {
             .await
     }
 
+    /// Posts any body to the sale creation endpoint as the admin.
+    pub async fn admin_post_sale(&self, body: &Value) -> Answer {
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/sales", self.base))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(body),
+        )
+        .await
+    }
+
     /// Creates a sale as the admin; `extra` fields are merged into the body.
     pub async fn create_sale(&self, id: &str, total: u64, extra: Value) -> Answer {
         let mut body = json!({"id": id, "total": total});
@@ -162,13 +173,7 @@ impl Client {
                 b.insert(k.clone(), v.clone());
             }
         }
-        self.send(
-            self.http
-                .post(format!("{}/api/v1/sales", self.base))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&body),
-        )
-        .await
+        self.admin_post_sale(&body).await
     }
 
     pub async fn reserve(&self, sale: &str, user: &str) -> Answer {
