@@ -234,11 +234,6 @@ impl EmbeddedStore {
         self.durable(seq).await?;
         result.map_err(StoreError::from)
     }
-
-    /// Runs a read-only closure over the ledger (tests and the audit use it).
-    pub fn with_ledger<T>(&self, f: impl FnOnce(&Ledger) -> T) -> T {
-        f(&self.lock().ledger)
-    }
 }
 
 impl Drop for EmbeddedStore {

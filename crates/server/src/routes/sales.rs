@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -73,8 +73,6 @@ pub async fn list(State(node): NodeState) -> Result<Response, ApiError> {
     let sales = views.iter().map(SaleBody::of).collect();
     Ok(json(StatusCode::OK, &Sales { sales }))
 }
-
-use axum::extract::State;
 
 /// `Authorization: Bearer <token>`, compared in constant time for equal lengths.
 fn is_admin(headers: &HeaderMap, token: &str) -> bool {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use ticketrush_core::{NodeId, SaleId};
+use ticketrush_core::NodeId;
 use ticketrush_server::NodeConfig;
 use ticketrush_store::EmbeddedStore;
 use tokio::sync::oneshot;
@@ -235,8 +235,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-pub fn sale_id(s: &str) -> SaleId {
-    SaleId::parse(s).unwrap()
 }
