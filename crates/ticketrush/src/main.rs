@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ticketrush_core::LedgerError;
 use ticketrush_core::{NodeId, SaleId, SaleSpec, UnixMs};
+use ticketrush_gateway::limits as gateway_limits;
 use ticketrush_server::limits::{
     BATCH_SIZE_CEILING, BATCH_SIZE_DEFAULT, BATCH_WAIT_CEILING, BATCH_WAIT_DEFAULT,
     LEASE_SECONDS_DEFAULT, LEASE_SECONDS_MAX, PENDING_CEILING, PENDING_DEFAULT,
@@ -42,6 +43,10 @@ enum Command {
     Serve(ServeArgs),
     /// Run a hello-world server on the same HTTP stack: the ceiling benchmarks compare against.
     Ceiling(CeilingArgs),
+    /// Run the load-balancing gateway: nginx's smooth weighted round-robin over nodes.
+    Gateway(GatewayArgs),
+    /// Print a complete nginx configuration for the same load-balancing tier.
+    NginxConf(TierArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +97,35 @@ struct CeilingArgs {
 }
 
 #[derive(Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    tier: TierArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// The load-balancing tier, the same for `gateway` and `nginx-conf`.
+#[derive(Args)]
+struct TierArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TICKETRUSH_LISTEN", default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// A node and its weight: IP:PORT=WEIGHT, weight 1 to 100 (repeatable).
+    #[arg(long = "node", env = "TICKETRUSH_NODE", value_delimiter = ',', required = true,
+          value_name = "ADDR=WEIGHT", value_parser = parse_node)]
+    nodes: Vec<ticketrush_gateway::NodeSpec>,
+    /// Failures within the fail timeout that take a node out of rotation (0: never), as nginx.
+    #[arg(long, env = "TICKETRUSH_MAX_FAILS", default_value_t = gateway_limits::MAX_FAILS_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(0..=gateway_limits::MAX_FAILS_CEILING as i64))]
+    max_fails: u32,
+    /// Seconds a failed node stays out of rotation before it is tried again, as nginx.
+    #[arg(long, env = "TICKETRUSH_FAIL_TIMEOUT_SECONDS",
+          default_value_t = gateway_limits::FAIL_TIMEOUT_SECONDS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=gateway_limits::FAIL_TIMEOUT_SECONDS_CEILING))]
+    fail_timeout_seconds: u64,
+}
+
+#[derive(Args)]
 struct RuntimeArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "TICKETRUSH_WORKERS", value_parser = clap::value_parser!(u64).range(1..=256))]
@@ -125,15 +159,24 @@ fn parse_log(s: &str) -> Result<String, String> {
         .map_err(|e| format!("not a log filter: {e}"))
 }
 
+fn parse_node(s: &str) -> Result<ticketrush_gateway::NodeSpec, String> {
+    ticketrush_gateway::NodeSpec::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_node_id(s: &str) -> Result<NodeId, String> {
     NodeId::parse(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::NginxConf(tier) = &cli.command {
+        return nginx_conf(tier);
+    }
     let runtime_args = match &cli.command {
         Command::Serve(a) => &a.runtime,
         Command::Ceiling(a) => &a.runtime,
+        Command::Gateway(a) => &a.runtime,
+        Command::NginxConf(_) => unreachable!("nginx-conf returned above"),
     };
     init_logging(&runtime_args.log);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -151,6 +194,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve(a).await,
             Command::Ceiling(a) => ceiling(a).await,
+            Command::Gateway(a) => gateway(a.tier).await,
+            Command::NginxConf(_) => unreachable!("nginx-conf returned above"),
         }
     });
     match result {
@@ -241,6 +286,50 @@ async fn ceiling(args: CeilingArgs) -> anyhow::Result<()> {
     let router = ticketrush_server::routes::hello_world();
     ticketrush_server::http::serve(listener, router, shutdown_signal()).await;
     Ok(())
+}
+
+impl TierArgs {
+    /// The gateway's configuration; a tier the flags cannot express (too many nodes) exits 2
+    /// like any other bad flag.
+    fn config(&self) -> ticketrush_gateway::GatewayConfig {
+        let config = ticketrush_gateway::GatewayConfig {
+            nodes: self.nodes.clone(),
+            max_fails: self.max_fails,
+            fail_timeout: Duration::from_secs(self.fail_timeout_seconds),
+        };
+        if let Err(e) = config.validate() {
+            <Cli as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::ValueValidation, e)
+                .exit();
+        }
+        config
+    }
+}
+
+async fn gateway(tier: TierArgs) -> anyhow::Result<()> {
+    let gateway = ticketrush_gateway::Gateway::new(tier.config())?;
+    let listener = tokio::net::TcpListener::bind(tier.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", tier.listen))?;
+    let addr = listener.local_addr()?;
+    println!("ticketrush gateway listening on http://{addr}");
+    tracing::info!(%addr, nodes = tier.nodes.len(), "gateway serving");
+    gateway.serve(listener, shutdown_signal()).await;
+    Ok(())
+}
+
+fn nginx_conf(tier: &TierArgs) -> ExitCode {
+    let config = tier.config();
+    print!(
+        "{}",
+        ticketrush_gateway::nginx::render(&ticketrush_gateway::nginx::NginxTier {
+            listen: tier.listen,
+            nodes: &config.nodes,
+            max_fails: config.max_fails,
+            fail_timeout: config.fail_timeout,
+        })
+    );
+    ExitCode::SUCCESS
 }
 
 /// Completes on SIGTERM or Ctrl-C.

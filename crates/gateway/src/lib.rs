@@ -1,0 +1,179 @@
+//! The load-balancing tier in front of the nodes: a small HTTP gateway with nginx's smooth
+//! weighted round-robin (`ticketrush gateway`, and the tier `ticketrush demo` starts in-process),
+//! and the nginx configuration for the same tier (`ticketrush nginx-conf`).
+//!
+//! The gateway is deliberately lean: hyper on both sides, no router, request bodies (at most
+//! 4 KiB) read whole before forwarding so a request that never reached a node can go to the next
+//! one, response bodies streamed back. It does not depend on the node's crate: a tier in front
+//! of nodes has no business linking their store.
+//!
+//! - [`wrr`] — the balancer, pure (nginx's algorithm and passive health checks).
+//! - [`nginx`] — the configuration text, pure.
+//! - `proxy` — one request: pick, forward, retry only what was never sent.
+//! - `pool` — keep-alive connections to one node.
+//! - `server` — the accept loop.
+
+pub mod limits;
+pub mod nginx;
+mod pool;
+mod proxy;
+mod server;
+pub mod wrr;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use proxy::X_NODE_ID_GATEWAY;
+
+/// One node behind the tier: its address and its weight (1..=`limits::WEIGHT_MAX`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl NodeSpec {
+    /// Parses `ADDR=WEIGHT`, e.g. `127.0.0.1:3001=4`. ADDR is an IP address and port.
+    pub fn parse(s: &str) -> Result<NodeSpec, ConfigError> {
+        let (addr, weight) = s
+            .rsplit_once('=')
+            .ok_or_else(|| ConfigError::NodeSyntax(s.to_string()))?;
+        let addr = addr
+            .parse()
+            .map_err(|_| ConfigError::NodeAddr(addr.to_string()))?;
+        let weight = weight
+            .parse::<u32>()
+            .ok()
+            .filter(|w| (1..=limits::WEIGHT_MAX).contains(w))
+            .ok_or_else(|| ConfigError::Weight(weight.to_string()))?;
+        Ok(NodeSpec { addr, weight })
+    }
+}
+
+/// What a gateway balances and how it treats failures.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub nodes: Vec<NodeSpec>,
+    /// Failures within `fail_timeout` that take a node out (0: never), as nginx's `max_fails`.
+    pub max_fails: u32,
+    /// How long a failed node stays out before it gets a request again, as nginx's
+    /// `fail_timeout`.
+    pub fail_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// The tier with nginx's defaults: `max_fails=1`, `fail_timeout=10s`.
+    pub fn new(nodes: Vec<NodeSpec>) -> GatewayConfig {
+        GatewayConfig {
+            nodes,
+            max_fails: limits::MAX_FAILS_DEFAULT,
+            fail_timeout: Duration::from_secs(limits::FAIL_TIMEOUT_SECONDS_DEFAULT),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(ConfigError::NoNodes);
+        }
+        if self.nodes.len() > limits::NODES_MAX {
+            return Err(ConfigError::TooManyNodes(self.nodes.len()));
+        }
+        if let Some(n) = self
+            .nodes
+            .iter()
+            .find(|n| !(1..=limits::WEIGHT_MAX).contains(&n.weight))
+        {
+            return Err(ConfigError::Weight(n.weight.to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0:?} is not ADDR=WEIGHT (for example 127.0.0.1:3001=4)")]
+    NodeSyntax(String),
+    #[error("{0:?} is not an IP address and port (for example 127.0.0.1:3001)")]
+    NodeAddr(String),
+    #[error("weight {0:?} is not a whole number from 1 to {max}", max = limits::WEIGHT_MAX)]
+    Weight(String),
+    #[error("at least one --node ADDR=WEIGHT is needed")]
+    NoNodes,
+    #[error("{0} nodes given; at most {max} are supported", max = limits::NODES_MAX)]
+    TooManyNodes(usize),
+}
+
+/// A gateway ready to serve: the balancer and one keep-alive pool per node. Cheap to clone
+/// (shared state); serve it on any number of listeners.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<proxy::Shared>,
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Result<Gateway, ConfigError> {
+        config.validate()?;
+        Ok(Gateway {
+            shared: Arc::new(proxy::Shared::new(&config)),
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops accepting and gives open
+    /// requests up to `limits::SHUTDOWN_DRAIN` to finish.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        server::serve(listener, self.shared.clone(), shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_spec_parses_addr_and_weight() {
+        assert_eq!(
+            NodeSpec::parse("127.0.0.1:3001=4"),
+            Ok(NodeSpec {
+                addr: "127.0.0.1:3001".parse().unwrap(),
+                weight: 4
+            })
+        );
+        assert_eq!(NodeSpec::parse("[::1]:80=100").map(|n| n.weight), Ok(100));
+    }
+
+    #[test]
+    fn node_spec_refuses_what_is_not_addr_equals_weight() {
+        use ConfigError::*;
+        assert!(matches!(
+            NodeSpec::parse("127.0.0.1:3001"),
+            Err(NodeSyntax(_))
+        ));
+        assert!(matches!(
+            NodeSpec::parse("localhost:3001=1"),
+            Err(NodeAddr(_))
+        ));
+        assert!(matches!(NodeSpec::parse("127.0.0.1=1"), Err(NodeAddr(_))));
+        for w in ["0", "101", "-1", "x", ""] {
+            let s = format!("127.0.0.1:3001={w}");
+            assert!(matches!(NodeSpec::parse(&s), Err(Weight(_))), "{s}");
+        }
+    }
+
+    #[test]
+    fn config_needs_between_one_and_max_nodes() {
+        assert_eq!(
+            GatewayConfig::new(vec![]).validate(),
+            Err(ConfigError::NoNodes)
+        );
+        let node = NodeSpec::parse("127.0.0.1:1=1").unwrap();
+        let many = vec![node; limits::NODES_MAX + 1];
+        assert!(matches!(
+            GatewayConfig::new(many).validate(),
+            Err(ConfigError::TooManyNodes(_))
+        ));
+    }
+}

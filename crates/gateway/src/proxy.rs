@@ -1,0 +1,426 @@
+//! One request through the gateway: read the body (bounded), pick a node, forward, and retry on
+//! the next node only what never reached a node.
+//!
+//! The retry rule is the one that keeps a reservation from being made twice: a request goes to
+//! a second node only if the first could not be connected to (refused, unreachable, timed out)
+//! or handed the request back unwritten (a kept-alive connection that had just closed). Once a
+//! byte of it was written, whatever happens next (the node dies, the answer times out) is
+//! answered 502/504 to the client, who may retry with its `Idempotency-Key`. This is nginx's
+//! `proxy_next_upstream error timeout` for non-idempotent requests; unlike nginx we apply it to
+//! every method, since a node's GETs are cheap to retry from the client.
+//!
+//! Failures feed the balancer's passive health checks (`max_fails`, `fail_timeout`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+
+use crate::limits::{
+    BODY_BYTES_MAX, BODY_DRAIN_BYTES_MAX, BODY_DRAIN_TIMEOUT, BODY_READ_TIMEOUT,
+    UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_IDLE_PER_NODE_MAX, UPSTREAM_RESPONSE_TIMEOUT,
+};
+use crate::pool::{Conn, NodePool, PooledBody, UpstreamRequestBody};
+use crate::wrr::{SmoothWrr, Tried};
+use crate::GatewayConfig;
+
+/// The `X-Node-Id` of answers the gateway gives itself (502, 504, 413...): API.md wants every
+/// response to name who answered it.
+pub const X_NODE_ID_GATEWAY: &str = "gateway";
+
+/// What the client gets: a node's streamed body, or one of the gateway's own small answers.
+pub type GatewayBody = Either<PooledBody, Full<Bytes>>;
+
+/// The gateway's state, shared by every connection.
+pub struct Shared {
+    nodes: Vec<Arc<NodePool>>,
+    /// The balancer. A std mutex: a pick is a short loop over the nodes, never held across an
+    /// await.
+    balancer: Mutex<SmoothWrr>,
+    /// Per node, whether it has failures on record (written under `balancer`'s lock), so a
+    /// success on a healthy node needs no second lock.
+    has_fails: Vec<AtomicBool>,
+}
+
+/// Why a try on one node did not produce a response.
+enum TryError {
+    /// Nothing of the request was written: it may go to the next node. (Boxed: the failure
+    /// path is rare and the request large.)
+    NotSent(Box<Request<UpstreamRequestBody>>),
+    /// The request was (at least partly) written; the node failed after.
+    Broken,
+    /// Written, and no response headers within `UPSTREAM_RESPONSE_TIMEOUT`.
+    TimedOut,
+}
+
+impl Shared {
+    pub fn new(config: &GatewayConfig) -> Shared {
+        let weights: Vec<u32> = config.nodes.iter().map(|n| n.weight).collect();
+        Shared {
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| Arc::new(NodePool::new(n.addr)))
+                .collect(),
+            balancer: Mutex::new(SmoothWrr::new(
+                &weights,
+                config.max_fails,
+                config.fail_timeout,
+            )),
+            has_fails: config
+                .nodes
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+        }
+    }
+
+    fn balancer(&self) -> std::sync::MutexGuard<'_, SmoothWrr> {
+        self.balancer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pick(&self, tried: Tried) -> Option<usize> {
+        self.balancer().pick(tried, Instant::now())
+    }
+
+    fn failed(&self, node: usize) {
+        let now = Instant::now();
+        let mut balancer = self.balancer();
+        balancer.failed(node, now);
+        self.has_fails[node].store(true, Ordering::Relaxed);
+        if balancer.is_down(node, now) {
+            tracing::warn!(node = %self.nodes[node].addr, "node failed; skipped until its fail timeout");
+        }
+    }
+
+    fn succeeded(&self, node: usize) {
+        if self.has_fails[node].load(Ordering::Relaxed) {
+            let mut balancer = self.balancer();
+            balancer.succeeded(node);
+            self.has_fails[node].store(balancer.fails(node) != 0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Answers one client request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<GatewayBody> {
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&parts.headers, body).await {
+        Ok(b) => b,
+        Err(refusal) => return refusal,
+    };
+    let upstream = upstream_request(parts, body, client);
+    forward(&shared, upstream).await
+}
+
+/// Tries nodes in the balancer's order until one answers or a try fails past the point of no
+/// return. At most one try per node.
+async fn forward(shared: &Shared, req: Request<UpstreamRequestBody>) -> Response<GatewayBody> {
+    let mut tried = Tried::default();
+    let mut req = req;
+    for _ in 0..shared.nodes.len() {
+        let Some(node) = shared.pick(tried) else {
+            break;
+        };
+        tried.insert(node);
+        match try_node(&shared.nodes[node], req).await {
+            Ok(resp) => {
+                shared.succeeded(node);
+                return resp;
+            }
+            Err(TryError::NotSent(back)) => {
+                shared.failed(node);
+                req = *back;
+            }
+            Err(TryError::Broken) => {
+                shared.failed(node);
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the node failed while answering; the request may have been processed",
+                );
+            }
+            Err(TryError::TimedOut) => {
+                shared.failed(node);
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway_timeout",
+                    "the node did not answer in time; the request may have been processed",
+                );
+            }
+        }
+    }
+    error(
+        StatusCode::BAD_GATEWAY,
+        "bad_gateway",
+        "no node could take the request: every node is down or refused the connection",
+    )
+}
+
+/// One try on one node: idle connections first (a stale one hands the request back unsent and
+/// the next is tried), then a new connection.
+async fn try_node(
+    pool: &Arc<NodePool>,
+    mut req: Request<UpstreamRequestBody>,
+) -> Result<Response<GatewayBody>, TryError> {
+    for _ in 0..=UPSTREAM_IDLE_PER_NODE_MAX {
+        let Some(conn) = pool.checkout() else {
+            break;
+        };
+        match send(pool, conn, req).await {
+            Err(TryError::NotSent(back)) => req = *back,
+            done => return done,
+        }
+    }
+    let conn = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, pool.connect()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(node = %pool.addr, error = %e, "cannot connect");
+            return Err(TryError::NotSent(Box::new(req)));
+        }
+        Err(_) => {
+            tracing::debug!(node = %pool.addr, "connect timed out");
+            return Err(TryError::NotSent(Box::new(req)));
+        }
+    };
+    send(pool, conn, req).await
+}
+
+async fn send(
+    pool: &Arc<NodePool>,
+    mut conn: Conn,
+    req: Request<UpstreamRequestBody>,
+) -> Result<Response<GatewayBody>, TryError> {
+    let sent = tokio::time::timeout(UPSTREAM_RESPONSE_TIMEOUT, conn.try_send_request(req)).await;
+    match sent {
+        Ok(Ok(resp)) => Ok(downstream_response(resp, conn, pool.clone())),
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(back) => Err(TryError::NotSent(Box::new(back))),
+            None => {
+                tracing::debug!(node = %pool.addr, error = %e.error(), "request failed after it was sent");
+                Err(TryError::Broken)
+            }
+        },
+        // Dropping the in-flight request closes this connection: it is not reused.
+        Err(_) => Err(TryError::TimedOut),
+    }
+}
+
+/// Reads the client's body whole, within `BODY_BYTES_MAX` and `BODY_READ_TIMEOUT`, or answers
+/// the refusal the node would give (413, 408, 400).
+async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Response<GatewayBody>> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+        let drained = drain(body).await;
+        return Err(too_large(drained));
+    }
+    let limited = Limited::new(body, BODY_BYTES_MAX);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(false)),
+        Ok(Err(_)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request body could not be read",
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+/// Reads and throws away a refused body (bounded), so the client sees the answer rather than a
+/// reset. Answers whether the body was read to its end.
+async fn drain(mut body: Incoming) -> bool {
+    let deadline = tokio::time::Instant::now() + BODY_DRAIN_TIMEOUT;
+    let mut read: u64 = 0;
+    while read <= BODY_DRAIN_BYTES_MAX {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            Ok(None) => return true,
+            Ok(Some(Err(_))) | Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn too_large(body_read: bool) -> Response<GatewayBody> {
+    let mut resp = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than 4096 bytes",
+    );
+    if !body_read {
+        // The rest of the body is still on the wire: this connection cannot carry another
+        // request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1) and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The request as a node gets it: origin-form URI, HTTP/1.1 (keep-alive), end-to-end headers,
+/// the body whole (hyper sets its `Content-Length`), the client's address appended to
+/// `X-Forwarded-For`.
+fn upstream_request(parts: Parts, body: Bytes, client: SocketAddr) -> Request<UpstreamRequestBody> {
+    let Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    let forwarded = match headers.get(HeaderName::from_static("x-forwarded-for")) {
+        Some(prior) => format!("{}, {}", prior.to_str().unwrap_or(""), client.ip()),
+        None => client.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    let uri = uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// The node's response for the client: its status and end-to-end headers (`X-Node-Id`
+/// included), its body streamed, the connection returned to the pool once the body is read.
+fn downstream_response(
+    resp: Response<Incoming>,
+    conn: Conn,
+    pool: Arc<NodePool>,
+) -> Response<GatewayBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, Either::Left(PooledBody::new(body, conn, pool)))
+}
+
+/// One of the gateway's own answers, in the API's error shape.
+fn error(status: StatusCode, code: &str, message: &str) -> Response<GatewayBody> {
+    let body = format!(r#"{{"error":"{code}","message":"{message}"}}"#);
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        HeaderName::from_static("x-node-id"),
+        HeaderValue::from_static(X_NODE_ID_GATEWAY),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-node-id", HeaderValue::from_static("node-1"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-node-id", "content-type"]);
+    }
+
+    #[test]
+    fn upstream_request_is_origin_form_http11_with_forwarded_for() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://example.com/api/v1/sales/G1/reservations?x=1")
+            .version(Version::HTTP_10)
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("content-length", "2")
+            .header("idempotency-key", "k1")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let up = upstream_request(
+            parts,
+            Bytes::from_static(b"{}"),
+            "192.0.2.7:5555".parse().unwrap(),
+        );
+        assert_eq!(up.uri(), "/api/v1/sales/G1/reservations?x=1");
+        assert_eq!(up.version(), Version::HTTP_11);
+        assert_eq!(up.headers()["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(up.headers()["idempotency-key"], "k1");
+        assert!(up.headers().get(header::CONTENT_LENGTH).is_none());
+    }
+
+    #[test]
+    fn own_errors_are_api_json_from_the_gateway() {
+        let resp = error(StatusCode::BAD_GATEWAY, "bad_gateway", "all down");
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()["x-node-id"], X_NODE_ID_GATEWAY);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+    }
+}
