@@ -47,6 +47,16 @@ enum Command {
     Gateway(GatewayArgs),
     /// Print a complete nginx configuration for the same load-balancing tier.
     NginxConf(TierArgs),
+    /// Load a sale with N distinct users: latency, throughput, outcomes, and the sale checked.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    bench: ticketrush_bench::Args,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(Args)]
@@ -177,6 +187,7 @@ fn main() -> ExitCode {
         Command::Ceiling(a) => &a.runtime,
         Command::Gateway(a) => &a.runtime,
         Command::NginxConf(_) => unreachable!("nginx-conf returned above"),
+        Command::Bench(a) => &a.runtime,
     };
     init_logging(&runtime_args.log);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -196,6 +207,7 @@ fn main() -> ExitCode {
             Command::Ceiling(a) => ceiling(a).await,
             Command::Gateway(a) => gateway(a.tier).await,
             Command::NginxConf(_) => unreachable!("nginx-conf returned above"),
+            Command::Bench(a) => ticketrush_bench::command(a.bench).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! Integration tests: the real router over real sockets, and the real binary for crashes.
 //! One test binary for the crate, so the suite links once.
 
+mod bench;
 mod cli;
 mod contract;
 mod crash;

@@ -1,0 +1,574 @@
+//! One keep-alive connection's task: the generator's hot path.
+//!
+//! Each task owns everything it writes per request — its histogram, its counts, its per-second
+//! counts, its retry queue, its `X-Node-Id` tally — and the results are merged once at the end,
+//! so requests take no lock and write no shared cache line. What is shared is touched rarely:
+//! users are claimed from one atomic counter in chunks of `CLAIM_CHUNK`; the progress cell is
+//! this task's own padded atomic (a plain store); the timeline is added to once per second.
+//!
+//! A user answered 429 goes into this task's retry queue (bounded by `RETRY_QUEUE_MAX`; when it
+//! is full the task waits for the queue rather than claim new users) and is tried again after
+//! the answer's `Retry-After`, at most `--retries` times. A transport failure or timeout is an
+//! error, and the connection is opened again with a backoff; a task whose target has not
+//! answered anything for `--give-up-seconds` stops, so a dead target ends the run by itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::{Method, Request, Uri};
+
+use crate::args::{Args, Endpoint, Target, RETRY_AFTER_MAX};
+use crate::http::{connect, BODY_BYTES_MAX};
+use crate::timeline::{SecondCounts, Timeline};
+
+/// Users claimed from the shared counter at a time: one atomic add per 16 users.
+const CLAIM_CHUNK: u64 = 16;
+/// Most users of one task waiting to be retried after a 429.
+const RETRY_QUEUE_MAX: usize = 1_024;
+/// First and longest wait before opening a connection again after a failure.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Longest sleep while waiting for a retry, so the stop flag is seen promptly.
+const IDLE_STEP: Duration = Duration::from_millis(100);
+/// Latency histogram range in microseconds (1 µs to 60 s, the longest `--timeout-ms`), 3
+/// significant digits. Counts are `u32`: one task never makes 4 billion requests.
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// A progress counter on its own cache line, written by one task only.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct Padded(pub AtomicU64);
+
+/// What the connection tasks share.
+pub struct Shared {
+    pub args: Args,
+    pub users: u64,
+    pub next_user: Padded,
+    /// Set when `--max-seconds` has passed: tasks finish their request and stop.
+    pub stop: AtomicBool,
+    pub started: Instant,
+    pub timeline: Timeline,
+    /// Requests answered or failed, per task (read by the progress bar).
+    pub progress: Box<[Padded]>,
+}
+
+/// Everything one task counted; merged by `run`.
+pub struct ConnResult {
+    pub latency_us: Histogram<u32>,
+    pub counts: Counts,
+    pub by_node: HashMap<HeaderValue, u64>,
+    /// This task stopped because its target did not answer for `--give-up-seconds`.
+    pub gave_up_on_target: bool,
+}
+
+/// Outcome counts. `requests` is the sum of the four outcomes.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Counts {
+    pub succeeded: u64,
+    pub sold_out: u64,
+    pub other: u64,
+    pub errors: u64,
+    /// 429 answers (counted in `other` too).
+    pub overloaded: u64,
+    /// Users answered 429 more than `--retries` times.
+    pub users_gave_up: u64,
+    /// Users claimed (tried at least once).
+    pub users_tried: u64,
+    /// Users left in a retry queue when the task stopped.
+    pub users_abandoned: u64,
+    pub pay_attempted: u64,
+    pub paid: u64,
+    /// Payments answered with something other than 200.
+    pub pay_refused: u64,
+    /// Payments with no answer (they may or may not have happened).
+    pub pay_unknown: u64,
+}
+
+impl Counts {
+    pub fn requests(&self) -> u64 {
+        self.succeeded + self.sold_out + self.other + self.errors
+    }
+
+    pub fn add(&mut self, o: &Counts) {
+        self.succeeded += o.succeeded;
+        self.sold_out += o.sold_out;
+        self.other += o.other;
+        self.errors += o.errors;
+        self.overloaded += o.overloaded;
+        self.users_gave_up += o.users_gave_up;
+        self.users_tried += o.users_tried;
+        self.users_abandoned += o.users_abandoned;
+        self.pay_attempted += o.pay_attempted;
+        self.paid += o.paid;
+        self.pay_refused += o.pay_refused;
+        self.pay_unknown += o.pay_unknown;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Job {
+    user: u64,
+    attempt: u32,
+}
+
+enum Next {
+    Go(Job),
+    WaitUntil(Instant),
+    Done,
+}
+
+enum Outcome {
+    Won,
+    SoldOut,
+    Overloaded(Duration),
+    Other,
+    Error,
+}
+
+struct Answer {
+    status: u16,
+    node: Option<HeaderValue>,
+    retry_after: Duration,
+    body: Bytes,
+}
+
+/// The connection task's state: all of it owned by the task.
+struct Conn<'a> {
+    shared: &'a Shared,
+    index: usize,
+    target: &'a Target,
+    host: HeaderValue,
+    reserve_uri: Uri,
+    timeout: Duration,
+    give_up: Duration,
+    claimed: std::ops::Range<u64>,
+    retries: VecDeque<(Instant, Job)>,
+    pay_credit: f64,
+    requests: u64,
+    second: SecondCounts,
+    out: ConnResult,
+}
+
+/// Runs connection `index` against its target until the users run out, the run is stopped,
+/// or the target has not answered for `--give-up-seconds`.
+pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> ConnResult {
+    let args = &shared.args;
+    let target = &args.targets[index % args.targets.len()];
+    let reserve_uri: Uri = format!("/api/v1/sales/{}/reservations", args.sale)
+        .parse()
+        .expect("sale ids are valid in a path");
+    let mut conn = Conn {
+        shared: &shared,
+        index,
+        target,
+        host: HeaderValue::from_str(&target.authority).expect("authority is a valid header"),
+        reserve_uri,
+        timeout: Duration::from_millis(args.timeout_ms),
+        give_up: Duration::from_secs(args.give_up_seconds),
+        claimed: 0..0,
+        retries: VecDeque::new(),
+        pay_credit: 0.0,
+        requests: 0,
+        second: SecondCounts::new(),
+        out: ConnResult {
+            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+                .expect("valid histogram bounds"),
+            counts: Counts::default(),
+            by_node: HashMap::new(),
+            gave_up_on_target: false,
+        },
+    };
+    conn.drive().await;
+    conn.second.flush(&shared.timeline);
+    conn.out.counts.users_abandoned = conn.retries.len() as u64;
+    conn.out
+}
+
+impl Conn<'_> {
+    async fn drive(&mut self) {
+        let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+        let mut last_answer = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let job = match self.next_job(Instant::now()) {
+                Next::Go(job) => job,
+                Next::WaitUntil(t) => {
+                    tokio::time::sleep_until(t.min(Instant::now() + IDLE_STEP).into()).await;
+                    continue;
+                }
+                Next::Done => return,
+            };
+            let s = match sender.as_mut() {
+                Some(s) => s,
+                None => match connect(self.target).await {
+                    Ok(s) => sender.insert(s),
+                    Err(_) => {
+                        // The user's request could not even be sent: an error, as wrk counts
+                        // a failed connect.
+                        self.count_failed(Instant::now());
+                        if last_answer.elapsed() >= self.give_up {
+                            self.out.gave_up_on_target = true;
+                            return;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                },
+            };
+            let answered = self.attempt(s, job).await;
+            if answered {
+                last_answer = Instant::now();
+                backoff = BACKOFF_MIN;
+            } else {
+                sender = None;
+                if last_answer.elapsed() >= self.give_up {
+                    self.out.gave_up_on_target = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A due retry first, then a new user (unless the retry queue is full), else wait.
+    fn next_job(&mut self, now: Instant) -> Next {
+        if let Some(&(due, job)) = self.retries.front() {
+            if due <= now {
+                self.retries.pop_front();
+                return Next::Go(job);
+            }
+        }
+        if self.retries.len() < RETRY_QUEUE_MAX {
+            if let Some(user) = self.claim() {
+                return Next::Go(Job { user, attempt: 0 });
+            }
+        }
+        match self.retries.front() {
+            Some(&(due, _)) => Next::WaitUntil(due),
+            None => Next::Done,
+        }
+    }
+
+    fn claim(&mut self) -> Option<u64> {
+        if self.claimed.is_empty() {
+            let first = self
+                .shared
+                .next_user
+                .0
+                .fetch_add(CLAIM_CHUNK, Ordering::Relaxed);
+            if first >= self.shared.users {
+                return None;
+            }
+            self.claimed = first..(first + CLAIM_CHUNK).min(self.shared.users);
+        }
+        self.out.counts.users_tried += 1;
+        self.claimed.next()
+    }
+
+    /// One user's request (and its payment, if it won and is due to pay). Answers whether the
+    /// target answered (false: the connection is broken and must be opened again).
+    async fn attempt(&mut self, sender: &mut SendRequest<Full<Bytes>>, job: Job) -> bool {
+        let req = self.request(job.user);
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, exchange(sender, req)).await;
+        let done = Instant::now();
+        let Ok(Ok(answer)) = answer else {
+            self.count_failed(done);
+            return false;
+        };
+        let latency_us = done.duration_since(sent).as_micros() as u64;
+        self.out.latency_us.saturating_record(latency_us.max(1));
+        let outcome = classify(self.shared.args.endpoint, &answer);
+        self.count_answered(&outcome, done, latency_us, &answer);
+        match outcome {
+            Outcome::Overloaded(after) => {
+                if job.attempt < self.shared.args.retries {
+                    let next = Job {
+                        user: job.user,
+                        attempt: job.attempt + 1,
+                    };
+                    self.retries.push_back((done + after, next));
+                } else {
+                    self.out.counts.users_gave_up += 1;
+                }
+            }
+            Outcome::Won if self.due_to_pay() => return self.pay(sender, job.user, &answer).await,
+            _ => {}
+        }
+        true
+    }
+
+    fn count_answered(&mut self, o: &Outcome, done: Instant, latency_us: u64, a: &Answer) {
+        let second = self.second_of(done);
+        self.second.record(
+            &self.shared.timeline,
+            second,
+            latency_us,
+            matches!(o, Outcome::Won),
+        );
+        if let Outcome::Won = o {
+            let node = a
+                .node
+                .clone()
+                .unwrap_or_else(|| HeaderValue::from_static("(none)"));
+            *self.out.by_node.entry(node).or_insert(0) += 1;
+        }
+        self.bump(o);
+    }
+
+    /// Counts a request that got no answer (so no latency sample): an error.
+    fn count_failed(&mut self, done: Instant) {
+        let second = self.second_of(done);
+        self.second.record_failed(&self.shared.timeline, second);
+        self.bump(&Outcome::Error);
+    }
+
+    fn bump(&mut self, o: &Outcome) {
+        let c = &mut self.out.counts;
+        match o {
+            Outcome::Won => c.succeeded += 1,
+            Outcome::SoldOut => c.sold_out += 1,
+            Outcome::Overloaded(_) => {
+                c.other += 1;
+                c.overloaded += 1;
+            }
+            Outcome::Other => c.other += 1,
+            Outcome::Error => c.errors += 1,
+        }
+        self.requests += 1;
+        self.shared.progress[self.index]
+            .0
+            .store(self.requests, Ordering::Relaxed);
+    }
+
+    fn second_of(&self, t: Instant) -> u32 {
+        t.saturating_duration_since(self.shared.started).as_secs() as u32
+    }
+
+    /// Spreads payments evenly: every winner adds the ratio, a whole credit pays.
+    fn due_to_pay(&mut self) -> bool {
+        let ratio = self.shared.args.pay_ratio;
+        if ratio <= 0.0 {
+            return false;
+        }
+        self.pay_credit += ratio;
+        if self.pay_credit >= 1.0 - 1e-9 {
+            self.pay_credit -= 1.0;
+            return true;
+        }
+        false
+    }
+
+    async fn pay(
+        &mut self,
+        sender: &mut SendRequest<Full<Bytes>>,
+        user: u64,
+        won: &Answer,
+    ) -> bool {
+        let c = &mut self.out.counts;
+        c.pay_attempted += 1;
+        let Some(id) = reservation_id(&won.body) else {
+            c.pay_refused += 1;
+            return true;
+        };
+        let req = self.pay_request(id, user);
+        let answer = tokio::time::timeout(self.timeout, exchange(sender, req)).await;
+        let c = &mut self.out.counts;
+        match answer {
+            Ok(Ok(a)) if a.status == 200 => c.paid += 1,
+            Ok(Ok(_)) => c.pay_refused += 1,
+            _ => {
+                c.pay_unknown += 1;
+                return false;
+            }
+        }
+        true
+    }
+
+    fn request(&self, user: u64) -> Request<Full<Bytes>> {
+        let args = &self.shared.args;
+        let (method, uri, body) = match args.endpoint {
+            Endpoint::Reservations => {
+                let mut b = Vec::with_capacity(48);
+                b.extend_from_slice(b"{\"user_id\":\"");
+                push_user(&mut b, &args.user_prefix, user);
+                b.extend_from_slice(b"\"}");
+                (Method::POST, self.reserve_uri.clone(), Bytes::from(b))
+            }
+            Endpoint::BuyTicket => {
+                let mut q = Vec::with_capacity(96);
+                q.extend_from_slice(b"/buy/ticket?sale_id=");
+                q.extend_from_slice(args.sale.as_str().as_bytes());
+                q.extend_from_slice(b"&user_id=");
+                push_user(&mut q, &args.user_prefix, user);
+                let uri = Uri::from_maybe_shared(Bytes::from(q)).expect("ids are valid in a query");
+                (Method::GET, uri, Bytes::new())
+            }
+        };
+        self.build(method, uri, body)
+    }
+
+    fn pay_request(&self, reservation: &str, user: u64) -> Request<Full<Bytes>> {
+        let uri = format!("/api/v1/reservations/{reservation}/pay")
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/api/v1/reservations/invalid/pay"));
+        let mut b = Vec::with_capacity(48);
+        b.extend_from_slice(b"{\"user_id\":\"");
+        push_user(&mut b, &self.shared.args.user_prefix, user);
+        b.extend_from_slice(b"\"}");
+        self.build(Method::POST, uri, Bytes::from(b))
+    }
+
+    fn build(&self, method: Method, uri: Uri, body: Bytes) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        h.insert(HOST, self.host.clone());
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        req
+    }
+}
+
+/// Sends one request and reads the whole answer (bounded).
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> anyhow::Result<Answer> {
+    sender.ready().await?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let node = if status < 300 {
+        resp.headers().get("x-node-id").cloned()
+    } else {
+        None
+    };
+    let retry_after = if status == 429 {
+        retry_after(resp.headers().get(RETRY_AFTER))
+    } else {
+        Duration::ZERO
+    };
+    let body = Limited::new(resp.into_body(), BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        node,
+        retry_after,
+        body,
+    })
+}
+
+/// `Retry-After` in whole seconds (1 if absent or unreadable), at most `RETRY_AFTER_MAX`.
+fn retry_after(h: Option<&HeaderValue>) -> Duration {
+    let secs = h
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(secs).min(RETRY_AFTER_MAX)
+}
+
+/// The outcome of an answer. `/buy/ticket` always answers 200; its `msg` tells why it failed
+/// (the node's messages for sold out and overload, see the server's `error.rs`).
+fn classify(endpoint: Endpoint, a: &Answer) -> Outcome {
+    if a.status >= 500 {
+        return Outcome::Error;
+    }
+    match endpoint {
+        Endpoint::Reservations => match a.status {
+            200 | 201 => Outcome::Won,
+            409 if contains(&a.body, b"\"sold_out\"") => Outcome::SoldOut,
+            429 => Outcome::Overloaded(a.retry_after),
+            _ => Outcome::Other,
+        },
+        Endpoint::BuyTicket => match a.status {
+            200 if a.body.starts_with(b"{\"code\":1,") => Outcome::Won,
+            200 if contains(&a.body, b"every ticket of this sale is taken") => Outcome::SoldOut,
+            200 if contains(&a.body, b"Retry-After") => Outcome::Overloaded(Duration::from_secs(1)),
+            429 => Outcome::Overloaded(a.retry_after),
+            _ => Outcome::Other,
+        },
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The `reservation_id` of a reservation object, alone or as `/buy/ticket`'s `data`.
+fn reservation_id(body: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"reservation_id\":\"";
+    let start = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = body[start..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&body[start..start + len]).ok()
+}
+
+/// Appends `prefix` and the decimal digits of `n`, without a formatter.
+fn push_user(out: &mut Vec<u8>, prefix: &str, mut n: u64) {
+    out.extend_from_slice(prefix.as_bytes());
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &'static str) -> Answer {
+        Answer {
+            status,
+            node: None,
+            retry_after: Duration::from_secs(1),
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn answers_are_classified_per_endpoint() {
+        let r = Endpoint::Reservations;
+        assert!(matches!(classify(r, &answer(201, "{}")), Outcome::Won));
+        let sold = r#"{"error":"sold_out","message":"x"}"#;
+        assert!(matches!(classify(r, &answer(409, sold)), Outcome::SoldOut));
+        let limit = r#"{"error":"limit_reached","message":"x"}"#;
+        assert!(matches!(classify(r, &answer(409, limit)), Outcome::Other));
+        assert!(matches!(
+            classify(r, &answer(429, "")),
+            Outcome::Overloaded(_)
+        ));
+        assert!(matches!(classify(r, &answer(503, "")), Outcome::Error));
+        let b = Endpoint::BuyTicket;
+        let won = r#"{"code":1,"msg":"reserved","data":{"reservation_id":"abc"}}"#;
+        assert!(matches!(classify(b, &answer(200, won)), Outcome::Won));
+        let sold = r#"{"code":-1,"msg":"every ticket of this sale is taken"}"#;
+        assert!(matches!(classify(b, &answer(200, sold)), Outcome::SoldOut));
+        assert_eq!(reservation_id(won.as_bytes()), Some("abc"));
+    }
+
+    #[test]
+    fn user_ids_and_retry_after() {
+        let mut v = Vec::new();
+        push_user(&mut v, "u", 0);
+        push_user(&mut v, "-", 1_234_567);
+        assert_eq!(v, b"u0-1234567");
+        assert_eq!(retry_after(None), Duration::from_secs(1));
+        let h = HeaderValue::from_static("3600");
+        assert_eq!(retry_after(Some(&h)), RETRY_AFTER_MAX);
+    }
+}

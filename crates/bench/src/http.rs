@@ -1,0 +1,66 @@
+//! The generator's HTTP client: one hyper `client::conn::http1` connection per keep-alive
+//! socket, nothing pooled.
+//!
+//! A pool (reqwest, hyper-util's legacy client) takes a lock and a map lookup per request and
+//! may open connections behind our back; the generator wants exactly C sockets, each driven by
+//! its own task, one request at a time, so the connection count is what the flag says.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::args::Target;
+
+/// Longest wait to connect, or for a read of the sale.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest answer body read (a sale object or a reservation is a few hundred bytes).
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// Opens one keep-alive connection; its driver runs as a task that ends when the connection
+/// does (when the `SendRequest` is dropped or the peer closes).
+pub async fn connect(target: &Target) -> std::io::Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(target.authority.as_str()),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        // The error (peer closed, reset) reaches the sender's next request; nothing to do here.
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// A GET on a fresh connection: (status, body), bounded in time and size.
+pub async fn get(target: &Target, path: &str) -> anyhow::Result<(u16, Bytes)> {
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect(target.authority.as_str()).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, target.authority.as_str())
+            .body(Empty::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), BODY_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
+            .to_bytes();
+        anyhow::Ok((status, body))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("{target}{path}: no answer within {CONNECT_TIMEOUT:?}"))?
+}

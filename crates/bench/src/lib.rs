@@ -1,0 +1,231 @@
+//! `ticketrush bench`: the load generator and its report.
+//!
+//! A library so `ticketrush bench` and the later `ticketrush demo` share it: build an `Args`
+//! (from the command line, or `Args::new` in code), `run` it, and get a `Report` (serde
+//! `Serialize`, `Display` for the text). The shape follows from "the generator must not be the
+//! bottleneck": C tasks, each owning one hyper HTTP/1 connection and everything it counts
+//! (`conn.rs`), merged once at the end; the progress line and the stock sampler are separate
+//! tasks that read what the connections publish without slowing them.
+//!
+//! The run: read the sale (`check.rs`), start the connection tasks, a timer for
+//! `--max-seconds`, the progress line (terminals only) and the stock sampler; wait for the
+//! tasks (they stop when the users run out, when the timer fires, or when their target has not
+//! answered for `--give-up-seconds`); read the sale again and compare; write the JSON and the
+//! chart (`chart.rs`) if asked. The report is written even when the targets died mid-run.
+
+pub mod args;
+pub mod chart;
+pub mod check;
+mod conn;
+mod http;
+mod progress;
+pub mod report;
+pub mod timeline;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+
+pub use args::{Args, Endpoint, Target};
+pub use check::{Check, SaleCounts};
+pub use report::{Latency, Payments, Report, Stopped};
+
+use conn::{ConnResult, Counts, Padded, Shared, LATENCY_US_MAX};
+use timeline::Timeline;
+
+/// Runs the load described by `args` and answers its report (also written to `--json` and
+/// `--chart` when given). An error means the run could not start (bad arguments, the sale
+/// could not be read) or a file could not be written; a failed check is in the report.
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let first_read = Instant::now();
+    let before = if args.no_check {
+        None
+    } else {
+        let s = check::read_sale(&args.targets, args.sale.as_str())
+            .await
+            .with_context(|| format!("cannot read sale {} before the run", args.sale))?;
+        Some(s)
+    };
+    let connections = args.connections.min(args.users);
+    let shared = Arc::new(Shared {
+        users: args.users,
+        next_user: Padded::default(),
+        stop: AtomicBool::new(false),
+        started: Instant::now(),
+        timeline: Timeline::new(args.max_seconds + 1),
+        progress: (0..connections)
+            .map(|_| Padded(AtomicU64::new(0)))
+            .collect(),
+        args,
+    });
+    if let Some(b) = before {
+        shared.timeline.set_available(0, b.available);
+    }
+    let (results, timed_out) = drive(&shared, connections).await?;
+    let duration_s = shared.started.elapsed().as_secs_f64();
+    let check = match before {
+        None => Check::skipped(),
+        Some(before) => {
+            let told = told(&results);
+            match check::read_sale(&shared.args.targets, shared.args.sale.as_str()).await {
+                Ok(after) => {
+                    shared
+                        .timeline
+                        .set_available(duration_s as u32, after.available);
+                    check::compare(before, after, told, first_read.elapsed().as_secs_f64())
+                }
+                Err(e) => Check::unreadable(Some(before), format!("{e:#}")),
+            }
+        }
+    };
+    let report = build_report(&shared, results, duration_s, timed_out, check)?;
+    write_outputs(&shared.args, &report)?;
+    Ok(report)
+}
+
+/// Starts the connection tasks and the helpers, and waits for the connections. Answers their
+/// results and whether `--max-seconds` stopped them.
+async fn drive(shared: &Arc<Shared>, connections: u64) -> anyhow::Result<(Vec<ConnResult>, bool)> {
+    let tasks: Vec<_> = (0..connections as usize)
+        .map(|i| tokio::spawn(conn::run_connection(shared.clone(), i)))
+        .collect();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let (shared, timed_out) = (shared.clone(), timed_out.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(shared.args.max_seconds)).await;
+            timed_out.store(true, Ordering::Relaxed);
+            shared.stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let show_bar = !shared.args.quiet && std::io::stderr().is_terminal();
+    let bar = show_bar.then(|| tokio::spawn(progress::bar(shared.clone())));
+    let sampler =
+        (!shared.args.no_check).then(|| tokio::spawn(progress::sample_stock(shared.clone())));
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await.context("a connection task failed")?);
+    }
+    timer.abort();
+    for t in [bar, sampler].into_iter().flatten() {
+        t.abort();
+        let _ = t.await;
+    }
+    if show_bar {
+        progress::clear();
+    }
+    Ok((results, timed_out.load(Ordering::Relaxed)))
+}
+
+fn told(results: &[ConnResult]) -> check::Told {
+    let mut c = Counts::default();
+    for r in results {
+        c.add(&r.counts);
+    }
+    check::Told {
+        winners: c.succeeded,
+        unknown: c.errors,
+        paid: c.paid,
+        pay_unknown: c.pay_unknown,
+    }
+}
+
+fn build_report(
+    shared: &Shared,
+    results: Vec<ConnResult>,
+    duration_s: f64,
+    timed_out: bool,
+    check: Check,
+) -> anyhow::Result<Report> {
+    let args = &shared.args;
+    let mut counts = Counts::default();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
+    let mut by_node = BTreeMap::new();
+    let mut gave_up_on_target = false;
+    for r in &results {
+        counts.add(&r.counts);
+        // The tasks count in u32 (half the memory); the merged histogram counts in u64.
+        for v in r.latency_us.iter_recorded() {
+            latency
+                .record_n(v.value_iterated_to(), u64::from(v.count_at_value()))
+                .context("merging histograms")?;
+        }
+        gave_up_on_target |= r.gave_up_on_target;
+        for (node, n) in &r.by_node {
+            let name = String::from_utf8_lossy(node.as_bytes()).into_owned();
+            *by_node.entry(name).or_insert(0) += n;
+        }
+    }
+    let users_not_done = args.users - counts.users_tried + counts.users_abandoned;
+    let stopped = if timed_out {
+        Stopped::MaxSeconds
+    } else if gave_up_on_target && users_not_done > 0 {
+        Stopped::TargetsUnreachable
+    } else {
+        Stopped::Completed
+    };
+    let requests = counts.requests();
+    let duration_s = duration_s.max(1e-6);
+    Ok(Report {
+        targets: args.targets.iter().map(|t| t.to_string()).collect(),
+        sale: args.sale.to_string(),
+        endpoint: args.endpoint,
+        users: args.users,
+        connections: shared.progress.len() as u64,
+        requests,
+        succeeded: counts.succeeded,
+        sold_out: counts.sold_out,
+        other: counts.other,
+        errors: counts.errors,
+        overloaded: counts.overloaded,
+        users_tried: counts.users_tried,
+        users_gave_up: counts.users_gave_up,
+        users_not_done,
+        duration_s,
+        rps: requests as f64 / duration_s,
+        latency_ms: Latency::of(&latency),
+        by_node,
+        payments: Payments {
+            attempted: counts.pay_attempted,
+            paid: counts.paid,
+            refused: counts.pay_refused,
+            unknown: counts.pay_unknown,
+        },
+        stopped,
+        check,
+        timeline: shared.timeline.points(duration_s.ceil() as u32),
+    })
+}
+
+fn write_outputs(args: &Args, report: &Report) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(report)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write the JSON report to {}", path.display()))?;
+    }
+    if let Some(path) = &args.chart {
+        std::fs::write(path, chart::svg(report))
+            .with_context(|| format!("cannot write the chart to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The `ticketrush bench` command: runs, prints the report on stdout, and fails (exit 1) when
+/// the oversell/few-sell check failed.
+pub async fn command(args: Args) -> anyhow::Result<()> {
+    let report = run(args).await?;
+    println!("{report}");
+    if !report.passed() {
+        anyhow::bail!(
+            "the check failed: {}",
+            report.check.notes.first().map_or("", String::as_str)
+        );
+    }
+    Ok(())
+}
