@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod contract;
 mod crash;
+mod gateway;
 mod hostile;
 mod races;
 mod support;
