@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 pub const ID_LEN_MAX: usize = 64;
 /// Longest `Idempotency-Key` header we accept, in bytes (API.md).
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
-/// Longest reservation id we look up. Ours are 26 characters; anything longer cannot exist,
-/// so it is refused before it reaches a store.
-pub const RESERVATION_ID_LEN_MAX: usize = 64;
+/// Longest reservation id we look up. Ours are 26 random characters, a `.` and the sale id
+/// (at most 64): 91; anything longer cannot exist, so it is refused before it reaches a store.
+pub const RESERVATION_ID_LEN_MAX: usize = 26 + 1 + ID_LEN_MAX;
 
 /// Why an identifier was refused; the message is shown to the client as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

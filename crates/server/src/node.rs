@@ -231,7 +231,7 @@ impl Node {
             rt.taken_since_tick.fetch_add(1, Relaxed);
             self.maybe_prefetch(rt);
             let item = ReserveItem {
-                id: new_reservation_id(),
+                id: new_reservation_id_in(&rt.spec.id),
                 user_id: user_id.clone(),
                 idempotency_key: key.clone(),
             };
@@ -361,7 +361,15 @@ impl Node {
     }
 }
 
-/// A new reservation id: 128 bits from the thread's CSPRNG, as 26 lowercase base32 characters.
+/// The id of a new reservation of `sale`: 128 random bits, a `.` and the sale id. The suffix
+/// lets a store find the reservation from its id alone without an index outside the sale
+/// (the Redis store keeps each sale in one cluster slot); the random part makes it unguessable.
+pub fn new_reservation_id_in(sale: &SaleId) -> ReservationId {
+    let id = format!("{}.{sale}", new_reservation_id());
+    ReservationId::parse(&id).expect("26 base32 characters, a dot and a sale id fit the bound")
+}
+
+/// A new random id: 128 bits from the thread's CSPRNG, as 26 lowercase base32 characters.
 pub fn new_reservation_id() -> ReservationId {
     const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
     let mut bytes = [0u8; 16];

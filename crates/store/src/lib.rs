@@ -1,8 +1,8 @@
 //! The store: where the global truth of every sale lives.
 //!
 //! [`Store`] is the one interface the server uses to change stock; nothing else may. It speaks
-//! in batches and leases (DESIGN.md's stock model), so a backend across a network (Redis, next)
-//! serves a batch of reservations in one round trip. [`embedded::EmbeddedStore`] keeps the
+//! in batches and leases (DESIGN.md's stock model), so a backend across a network
+//! ([`redis_store::RedisStore`]) serves a batch of reservations in one round trip. [`embedded::EmbeddedStore`] keeps the
 //! [`Ledger`](ticketrush_core::Ledger) in memory under one lock and makes every change durable
 //! through an append-only journal with group commit.
 //!
@@ -12,6 +12,7 @@
 
 pub mod embedded;
 pub mod journal;
+pub mod redis_store;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use ticketrush_core::{
 };
 
 pub use embedded::EmbeddedStore;
+pub use redis_store::{RedisConfig, RedisStore};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -19,7 +19,7 @@ use ticketrush_server::limits::{
     LEASE_SECONDS_DEFAULT, LEASE_SECONDS_MAX, PENDING_CEILING, PENDING_DEFAULT,
 };
 use ticketrush_server::NodeConfig;
-use ticketrush_store::{EmbeddedStore, Store, StoreError};
+use ticketrush_store::{EmbeddedStore, RedisConfig, RedisStore, Store, StoreError};
 
 /// mimalloc: per-thread free lists make the many small allocations of HTTP handling cheaper
 /// than glibc's arenas (measured in BENCHMARKS.md).
@@ -93,6 +93,10 @@ struct ServeArgs {
     #[arg(long, env = "TICKETRUSH_LEASE_SECONDS", default_value_t = LEASE_SECONDS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..=LEASE_SECONDS_MAX))]
     lease_seconds: u64,
+    /// Cluster mode: keep the global stock in this Redis (redis://HOST:PORT[/DB]) instead of
+    /// the embedded store; any number of nodes may share one Redis.
+    #[arg(long, env = "TICKETRUSH_REDIS", value_parser = parse_redis_url)]
+    redis: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -230,15 +234,7 @@ fn init_logging(filter: &str) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (store, recovery) = EmbeddedStore::open(&args.data_dir)?;
-    tracing::info!(
-        data_dir = %args.data_dir.display(),
-        events = recovery.events,
-        torn_bytes = recovery.torn_bytes,
-        leases_reclaimed = recovery.leases_reclaimed,
-        "embedded store opened"
-    );
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(&args).await?;
     for (id, total) in &args.sales {
         ensure_sale(store.as_ref(), id, *total).await?;
     }
@@ -272,6 +268,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: returning unsold allotments");
     started.shutdown().await;
     Ok(())
+}
+
+/// The embedded store in `--data-dir`, or Redis with `--redis`.
+async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(url) = &args.redis {
+        let store = RedisStore::connect(RedisConfig::new(url.clone()))
+            .await
+            .with_context(|| format!("cannot reach redis at {}", redact_url(url)))?;
+        tracing::info!(redis = %redact_url(url), "redis store connected");
+        return Ok(Arc::new(store));
+    }
+    let (store, recovery) = EmbeddedStore::open(&args.data_dir)?;
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        events = recovery.events,
+        torn_bytes = recovery.torn_bytes,
+        leases_reclaimed = recovery.leases_reclaimed,
+        "embedded store opened"
+    );
+    Ok(Arc::new(store))
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://"))
+    {
+        return Err(format!("{s:?} is not a redis:// URL"));
+    }
+    redis::Client::open(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a redis URL: {e}"))
+}
+
+/// A URL without its password, for logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Creates the sale of `--sale ID:TOTAL` with the contract's defaults, unless it exists.

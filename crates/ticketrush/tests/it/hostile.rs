@@ -423,7 +423,7 @@ async fn hostile_reservation_ids_in_the_path_are_400_invalid_request() {
     let c = &node.client;
     create(c, "s1", 10).await;
     let id = reserved(c, "s1", "u1").await;
-    let long = "r".repeat(65);
+    let long = "r".repeat(ticketrush_core::ids::RESERVATION_ID_LEN_MAX + 1);
     let very_long = "r".repeat(4_000);
     let spaced = format!("{}%20", id);
     let bad = [

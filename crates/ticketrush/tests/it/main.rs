@@ -3,9 +3,11 @@
 
 mod bench;
 mod cli;
+mod cluster;
 mod contract;
 mod crash;
 mod gateway;
 mod hostile;
 mod races;
+mod redis_server;
 mod support;

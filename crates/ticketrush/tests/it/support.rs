@@ -66,7 +66,16 @@ impl TestNode {
     pub async fn start_with(config: NodeConfig) -> TestNode {
         let dir = TempDir::new("node");
         let (store, _) = EmbeddedStore::open(&dir.0).expect("open store");
-        let started = ticketrush_server::start(config, Arc::new(store));
+        Self::start_on(config, Arc::new(store), dir).await
+    }
+
+    /// A node on a store of the test's choosing (a Redis store, or one shared by many nodes).
+    pub async fn start_on(
+        config: NodeConfig,
+        store: Arc<dyn ticketrush_store::Store>,
+        dir: TempDir,
+    ) -> TestNode {
+        let started = ticketrush_server::start(config, store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

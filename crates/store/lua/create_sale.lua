@@ -1,0 +1,9 @@
+-- ARGV: spec_json, total, per_user_limit, hold_ms
+if redis.call('EXISTS', K_SALE) == 1 then
+  return {'E', 'SALE_EXISTS'}
+end
+local now = now_ms()
+redis.call('HSET', K_SALE, 'spec', ARGV[1], 'total', ARGV[2], 'limit', ARGV[3],
+  'hold_ms', ARGV[4], 'pool', ARGV[2], 'leased', 0, 'reserved', 0, 'paid', 0, 'next_lease', 1)
+emit({'t', 'sale_created', 'k', ARGV[2], 'at', fmt(now)})
+return {'OK', fmt(now)}

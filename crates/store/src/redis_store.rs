@@ -1,0 +1,663 @@
+//! The Redis store: the global truth of every sale in Redis, changed only by Lua scripts.
+//!
+//! Cluster mode runs many nodes on one Redis. Each operation of the [`Store`] trait is one
+//! script call, so it is atomic in Redis and costs one round trip; a batch of reservations is
+//! one call however many items it holds. The scripts (`crates/store/lua/`) implement the same
+//! rules as [`Ledger`](ticketrush_core::Ledger): leases with deadlines and fencing, the
+//! per-user limit and idempotency in the same step as the deduction, expiry back to the pool.
+//! Their clock is Redis's `TIME`, so every node measures deadlines against one clock.
+//!
+//! Key layout: every key of a sale carries the hash tag `{sale:ID}`, so a sale lives in one
+//! Redis Cluster slot and every script touches one slot. The one key outside a sale,
+//! `ticketrush:sales` (the set of sale ids, for listing and the reaper), is written in its own
+//! command before the sale's script runs, so a listed id whose sale does not exist is skipped.
+//!
+//! A reservation id carries its sale (`<26 random base32>.<sale id>`): finding a reservation
+//! by id alone then needs no index outside the sale's slot.
+//!
+//! Durability is Redis's: with `appendonly yes` and `appendfsync always`, Redis fsyncs its
+//! AOF before it answers, so a 2xx the node gives after the script answered survives a Redis
+//! restart. Every call is bounded by `op_timeout`: a Redis that is down or stalled makes the
+//! node answer 503 quickly, and the connection manager reconnects by itself.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use ticketrush_core::{
+    IdempotencyKey, LeaseGrant, LeaseId, LedgerError, NodeId, Reservation, ReservationId,
+    ReservationState, ReserveItem, ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
+};
+
+use crate::{BoxFuture, ReapReport, Store, StoreError, StoreResult};
+
+/// The set of every sale id; not in any sale's slot.
+const SALES_KEY: &str = "ticketrush:sales";
+
+/// Longest a node waits for Redis on any call before answering "unavailable". Long enough
+/// for a script under load with `appendfsync always`, short enough that clients see a quick
+/// 503 instead of a hang when Redis is gone.
+pub const OP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+
+/// Most events a sale's stream may hold while an order writer is attached before new
+/// reservations are refused (503): the writer's queue has a bound too. Without a writer the
+/// scripts keep only the most recent 100,000 events.
+pub const EVENTS_BACKLOG_MAX: u64 = 2_000_000;
+
+/// How the Redis store is set up.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub op_timeout: Duration,
+    pub events_backlog_max: u64,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            op_timeout: OP_TIMEOUT_DEFAULT,
+            events_backlog_max: EVENTS_BACKLOG_MAX,
+        }
+    }
+}
+
+/// The scripts, each the shared prelude followed by its own body. `Script` keeps the SHA1 and
+/// calls EVALSHA, loading the script again when Redis answers NOSCRIPT (after a restart).
+struct Scripts {
+    create_sale: Script,
+    lease: Script,
+    renew: Script,
+    release: Script,
+    reserve_batch: Script,
+    settle: Script,
+    reap: Script,
+    lookup: Script,
+}
+
+impl Scripts {
+    fn load() -> Scripts {
+        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Scripts {
+            create_sale: with_prelude(include_str!("../lua/create_sale.lua")),
+            lease: with_prelude(include_str!("../lua/lease.lua")),
+            renew: with_prelude(include_str!("../lua/renew.lua")),
+            release: with_prelude(include_str!("../lua/release.lua")),
+            reserve_batch: with_prelude(include_str!("../lua/reserve_batch.lua")),
+            settle: with_prelude(include_str!("../lua/settle.lua")),
+            reap: with_prelude(include_str!("../lua/reap.lua")),
+            lookup: with_prelude(include_str!("../lua/lookup.lua")),
+        }
+    }
+}
+
+const PRELUDE: &str = include_str!("../lua/prelude.lua");
+
+/// The keys of one sale, in the order every script expects (see `lua/prelude.lua`).
+pub fn sale_keys(sale: &SaleId) -> [String; 7] {
+    let tag = format!("{{sale:{sale}}}");
+    [
+        format!("{tag}:sale"),
+        format!("{tag}:leases"),
+        format!("{tag}:users"),
+        format!("{tag}:idem"),
+        format!("{tag}:res"),
+        format!("{tag}:due"),
+        format!("{tag}:events"),
+    ]
+}
+
+/// The key of a sale's event stream (the order writer reads it).
+pub fn events_key(sale: &SaleId) -> String {
+    format!("{{sale:{sale}}}:events")
+}
+
+/// The sale a reservation id belongs to, from its suffix (see the module docs).
+pub fn sale_of(id: &ReservationId) -> Option<SaleId> {
+    let (_, sale) = id.as_str().split_once('.')?;
+    SaleId::parse(sale).ok()
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: Scripts,
+    config: RedisConfig,
+    /// Calls made to Redis (script calls and plain commands), for `/metrics` and benchmarks.
+    calls: AtomicU64,
+}
+
+impl RedisStore {
+    /// Connects to Redis. Fails if Redis cannot be reached now; once connected, the manager
+    /// reconnects by itself after Redis goes away and comes back.
+    pub async fn connect(config: RedisConfig) -> StoreResult<RedisStore> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = tokio::time::timeout(
+            config.op_timeout * 2,
+            ConnectionManager::new_with_config(client, manager_config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis did not answer".into()))?
+        .map_err(unavailable)?;
+        Ok(RedisStore {
+            conn,
+            scripts: Scripts::load(),
+            config,
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Calls made to Redis since start.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Relaxed)
+    }
+
+    /// Runs one Redis call within the operation timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> StoreResult<T> {
+        self.calls.fetch_add(1, Relaxed);
+        match tokio::time::timeout(self.config.op_timeout, call).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis did not answer within {:?}",
+                self.config.op_timeout
+            ))),
+        }
+    }
+
+    /// Calls a script on a sale's keys; answers the fields after 'OK', or the refusal.
+    async fn run(&self, script: &Script, sale: &SaleId, args: &[&str]) -> StoreResult<Vec<String>> {
+        let mut inv = script.prepare_invoke();
+        for k in sale_keys(sale) {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let mut it = reply.into_iter();
+        match it.next().as_deref() {
+            Some("OK") => Ok(it.collect()),
+            Some("E") => Err(refusal(it.next().as_deref().unwrap_or(""))),
+            other => Err(StoreError::Unavailable(format!(
+                "unexpected script reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn sale_view(&self, id: &SaleId) -> StoreResult<Option<SaleView>> {
+        let key = &sale_keys(id)[0];
+        let mut conn = self.conn.clone();
+        let fields: Vec<Option<String>> = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(&["spec", "pool", "leased", "reserved", "paid"])
+                    .query_async(&mut conn),
+            )
+            .await?;
+        parse_view(&fields)
+    }
+
+    async fn sale_ids(&self) -> StoreResult<Vec<SaleId>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = self
+            .bounded(redis::cmd("SMEMBERS").arg(SALES_KEY).query_async(&mut conn))
+            .await?;
+        let mut ids: Vec<SaleId> = ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn do_create_sale(&self, spec: SaleSpec) -> StoreResult<SaleView> {
+        let mut conn = self.conn.clone();
+        let (known, count): (bool, usize) = self
+            .bounded(
+                redis::pipe()
+                    .cmd("SISMEMBER")
+                    .arg(SALES_KEY)
+                    .arg(spec.id.as_str())
+                    .cmd("SCARD")
+                    .arg(SALES_KEY)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if !known && count >= ticketrush_core::ledger::SALES_MAX {
+            return Err(LedgerError::TooManySales.into());
+        }
+        // Listed first: a crash between the two leaves an id without a sale, which listing
+        // skips, rather than a sale nobody lists or reaps.
+        let _: i64 = self
+            .bounded(
+                redis::cmd("SADD")
+                    .arg(SALES_KEY)
+                    .arg(spec.id.as_str())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let spec_json = serde_json::to_string(&spec).expect("a sale spec serialises");
+        let total = spec.total.to_string();
+        let limit = spec.per_user_limit.to_string();
+        let hold_ms = spec.hold_ms().to_string();
+        self.run(
+            &self.scripts.create_sale,
+            &spec.id,
+            &[&spec_json, &total, &limit, &hold_ms],
+        )
+        .await?;
+        Ok(SaleView {
+            available: spec.total,
+            reserved: 0,
+            paid: 0,
+            spec,
+        })
+    }
+
+    async fn do_reserve_batch(
+        &self,
+        sale_id: &SaleId,
+        lease: LeaseId,
+        items: Vec<ReserveItem>,
+    ) -> StoreResult<Vec<ReserveOutcome>> {
+        let lease_s = lease.to_string();
+        let backlog = self.config.events_backlog_max.to_string();
+        let mut args: Vec<&str> = Vec::with_capacity(2 + 3 * items.len());
+        args.push(&lease_s);
+        args.push(&backlog);
+        for it in &items {
+            args.push(it.id.as_str());
+            args.push(it.user_id.as_str());
+            args.push(it.idempotency_key.as_ref().map_or("", |k| k.as_str()));
+        }
+        let reply = self
+            .run(&self.scripts.reserve_batch, sale_id, &args)
+            .await?;
+        if reply.len() != 2 + items.len() {
+            return Err(bad_reply("reserve_batch", &reply));
+        }
+        let created = UnixMs(parse_num(&reply[0])?);
+        let expires = UnixMs(parse_num(&reply[1])?);
+        items
+            .into_iter()
+            .zip(&reply[2..])
+            .map(|(item, answer)| outcome(sale_id, item, answer, created, expires))
+            .collect()
+    }
+
+    async fn do_reap(&self, max: usize) -> StoreResult<ReapReport> {
+        let mut report = ReapReport::default();
+        let max_s = max.to_string();
+        for sale in self.sale_ids().await? {
+            let r = self.run(&self.scripts.reap, &sale, &[&max_s]).await?;
+            if r.len() != 2 {
+                return Err(bad_reply("reap", &r));
+            }
+            report.expired += parse_num(&r[0])? as usize;
+            report.leases_reclaimed += parse_num(&r[1])? as usize;
+            if report.expired >= max {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn settle(
+        &self,
+        id: &ReservationId,
+        user_id: &UserId,
+        action: &str,
+    ) -> StoreResult<Reservation> {
+        let sale = sale_of(id).ok_or(LedgerError::ReservationNotFound)?;
+        let r = self
+            .run(
+                &self.scripts.settle,
+                &sale,
+                &[id.as_str(), user_id.as_str(), action],
+            )
+            .await?;
+        let record = r.first().ok_or_else(|| bad_reply("settle", &r))?;
+        parse_record(id.clone(), &sale, record)
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn bad_reply(what: &str, reply: &[String]) -> StoreError {
+    StoreError::Unavailable(format!("unexpected {what} reply: {reply:?}"))
+}
+
+/// Maps a script's refusal code to the domain's error.
+fn refusal(code: &str) -> StoreError {
+    let e = match code {
+        "SALE_EXISTS" => LedgerError::SaleExists,
+        "SALE_NOT_FOUND" => LedgerError::SaleNotFound,
+        "LEASE_LOST" => LedgerError::LeaseLost,
+        "RESERVATION_NOT_FOUND" => LedgerError::ReservationNotFound,
+        "FORBIDDEN" => LedgerError::Forbidden,
+        "EXPIRED" => LedgerError::Expired,
+        "CANCELLED" => LedgerError::Cancelled,
+        "ALREADY_PAID" => LedgerError::AlreadyPaid,
+        "BACKLOG" => {
+            return StoreError::Unavailable(
+                "the order events backlog is full; the order writer is behind".into(),
+            )
+        }
+        other => return StoreError::Unavailable(format!("unknown script refusal {other:?}")),
+    };
+    StoreError::Ledger(e)
+}
+
+fn parse_num(s: &str) -> StoreResult<i64> {
+    s.parse()
+        .map_err(|_| StoreError::Unavailable(format!("not a number in a reply: {s:?}")))
+}
+
+fn parse_view(fields: &[Option<String>]) -> StoreResult<Option<SaleView>> {
+    let [Some(spec), Some(pool), Some(leased), Some(reserved), Some(paid)] = fields else {
+        return Ok(None);
+    };
+    let spec: SaleSpec = serde_json::from_str(spec)
+        .map_err(|e| StoreError::Unavailable(format!("stored sale spec unreadable: {e}")))?;
+    let n = |s: &str| parse_num(s).map(|v| v.max(0) as u64);
+    Ok(Some(SaleView {
+        spec,
+        available: n(pool)? + n(leased)?,
+        reserved: n(reserved)?,
+        paid: n(paid)?,
+    }))
+}
+
+/// Parses a stored record: `state created_ms expires_ms paid_ms updated_ms user`.
+pub fn parse_record(id: ReservationId, sale: &SaleId, record: &str) -> StoreResult<Reservation> {
+    let bad = || StoreError::Unavailable(format!("stored reservation unreadable: {record:?}"));
+    let mut f = record.splitn(6, ' ');
+    let mut next = || f.next().ok_or_else(bad);
+    let state = match next()? {
+        "reserved" => ReservationState::Reserved,
+        "paid" => ReservationState::Paid,
+        "cancelled" => ReservationState::Cancelled,
+        "expired" => ReservationState::Expired,
+        _ => return Err(bad()),
+    };
+    let created_at = UnixMs(parse_num(next()?)?);
+    let expires_at = UnixMs(parse_num(next()?)?);
+    let paid_ms = parse_num(next()?)?;
+    let updated_at = UnixMs(parse_num(next()?)?);
+    let user_id = UserId::parse(next()?).map_err(|_| bad())?;
+    Ok(Reservation {
+        id,
+        sale_id: sale.clone(),
+        user_id,
+        state,
+        created_at,
+        expires_at,
+        paid_at: (paid_ms > 0).then_some(UnixMs(paid_ms)),
+        updated_at,
+    })
+}
+
+/// One item's answer of `reserve_batch.lua`.
+fn outcome(
+    sale_id: &SaleId,
+    item: ReserveItem,
+    answer: &str,
+    created_at: UnixMs,
+    expires_at: UnixMs,
+) -> StoreResult<ReserveOutcome> {
+    match answer {
+        "R" => Ok(ReserveOutcome::Reserved(Reservation {
+            id: item.id,
+            sale_id: sale_id.clone(),
+            user_id: item.user_id,
+            state: ReservationState::Reserved,
+            created_at,
+            expires_at,
+            paid_at: None,
+            updated_at: created_at,
+        })),
+        "L" => Ok(ReserveOutcome::LimitReached),
+        "N" => Ok(ReserveOutcome::NoStock),
+        _ => {
+            let (id, record) = answer
+                .strip_prefix("P ")
+                .and_then(|rest| rest.split_once(' '))
+                .ok_or_else(|| StoreError::Unavailable(format!("bad item answer {answer:?}")))?;
+            let id = ReservationId::parse(id)
+                .map_err(|_| StoreError::Unavailable(format!("bad reservation id {id:?}")))?;
+            Ok(ReserveOutcome::Replayed(parse_record(id, sale_id, record)?))
+        }
+    }
+}
+
+fn now_ms() -> UnixMs {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    UnixMs(d.as_millis() as i64)
+}
+
+impl Store for RedisStore {
+    /// The node's clock, for `opens_at`; deadlines are measured by the scripts on Redis's.
+    fn now(&self) -> UnixMs {
+        now_ms()
+    }
+
+    fn create_sale(&self, spec: SaleSpec) -> BoxFuture<'_, StoreResult<SaleView>> {
+        Box::pin(self.do_create_sale(spec))
+    }
+
+    fn sale<'a>(&'a self, id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<SaleView>>> {
+        Box::pin(self.sale_view(id))
+    }
+
+    fn sales(&self) -> BoxFuture<'_, StoreResult<Vec<SaleView>>> {
+        Box::pin(async move {
+            let mut views = Vec::new();
+            for id in self.sale_ids().await? {
+                if let Some(v) = self.sale_view(&id).await? {
+                    views.push(v);
+                }
+            }
+            Ok(views)
+        })
+    }
+
+    fn lease<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        node: &'a NodeId,
+        held: LeaseId,
+        want: u64,
+        lease_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<LeaseGrant>> {
+        Box::pin(async move {
+            let args = [
+                node.as_str(),
+                &held.to_string(),
+                &want.to_string(),
+                &lease_ms.to_string(),
+            ];
+            let r = self.run(&self.scripts.lease, sale_id, &args).await?;
+            if r.len() != 3 {
+                return Err(bad_reply("lease", &r));
+            }
+            Ok(LeaseGrant {
+                lease: LeaseId::try_from(parse_num(&r[0])?).map_err(|_| bad_reply("lease", &r))?,
+                granted: parse_num(&r[1])? as u64,
+                deadline: UnixMs(parse_num(&r[2])?),
+            })
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        lease: LeaseId,
+        lease_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<UnixMs>> {
+        Box::pin(async move {
+            let args = [lease.to_string(), lease_ms.to_string()];
+            let r = self
+                .run(&self.scripts.renew, sale_id, &[&args[0], &args[1]])
+                .await?;
+            Ok(UnixMs(parse_num(
+                r.first().ok_or_else(|| bad_reply("renew", &r))?,
+            )?))
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        lease: LeaseId,
+        tickets: u64,
+        close: bool,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move {
+            let args = [
+                lease.to_string(),
+                tickets.to_string(),
+                if close { "1" } else { "0" }.to_string(),
+            ];
+            let r = self
+                .run(
+                    &self.scripts.release,
+                    sale_id,
+                    &[&args[0], &args[1], &args[2]],
+                )
+                .await?;
+            Ok(parse_num(r.first().ok_or_else(|| bad_reply("release", &r))?)? as u64)
+        })
+    }
+
+    fn reserve_batch<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        lease: LeaseId,
+        items: Vec<ReserveItem>,
+    ) -> BoxFuture<'a, StoreResult<Vec<ReserveOutcome>>> {
+        Box::pin(self.do_reserve_batch(sale_id, lease, items))
+    }
+
+    fn find_idempotent<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        user_id: &'a UserId,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, StoreResult<Option<Reservation>>> {
+        Box::pin(async move {
+            let r = self
+                .run(
+                    &self.scripts.lookup,
+                    sale_id,
+                    &[user_id.as_str(), key.as_str()],
+                )
+                .await?;
+            let [id, record] = r.as_slice() else {
+                return Ok(None);
+            };
+            let id = ReservationId::parse(id).map_err(|_| bad_reply("lookup", &r))?;
+            parse_record(id, sale_id, record).map(Some)
+        })
+    }
+
+    fn reservation<'a>(
+        &'a self,
+        id: &'a ReservationId,
+    ) -> BoxFuture<'a, StoreResult<Option<Reservation>>> {
+        Box::pin(async move {
+            let Some(sale) = sale_of(id) else {
+                return Ok(None);
+            };
+            let mut conn = self.conn.clone();
+            let record: Option<String> = self
+                .bounded(
+                    redis::cmd("HGET")
+                        .arg(&sale_keys(&sale)[4])
+                        .arg(id.as_str())
+                        .query_async(&mut conn),
+                )
+                .await?;
+            record
+                .map(|r| parse_record(id.clone(), &sale, &r))
+                .transpose()
+        })
+    }
+
+    fn pay<'a>(
+        &'a self,
+        id: &'a ReservationId,
+        user_id: &'a UserId,
+    ) -> BoxFuture<'a, StoreResult<Reservation>> {
+        Box::pin(self.settle(id, user_id, "pay"))
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        id: &'a ReservationId,
+        user_id: &'a UserId,
+    ) -> BoxFuture<'a, StoreResult<Reservation>> {
+        Box::pin(self.settle(id, user_id, "cancel"))
+    }
+
+    fn reap(&self, max: usize) -> BoxFuture<'_, StoreResult<ReapReport>> {
+        Box::pin(self.do_reap(max))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let _: String = self
+                .bounded(redis::cmd("PING").query_async(&mut conn))
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_a_sale_share_one_hash_tag() {
+        let keys = sale_keys(&SaleId::parse("G1:2nd").unwrap());
+        for k in &keys {
+            assert!(k.starts_with("{sale:G1:2nd}:"), "{k}");
+        }
+        assert_eq!(keys[6], events_key(&SaleId::parse("G1:2nd").unwrap()));
+    }
+
+    #[test]
+    fn reservation_ids_name_their_sale() {
+        let id = ReservationId::parse("abcdefghjkmnpqrstvwxyz0123.G1.x").unwrap();
+        assert_eq!(sale_of(&id).unwrap().as_str(), "G1.x");
+        let plain = ReservationId::parse("abcdefghjkmnpqrstvwxyz0123").unwrap();
+        assert!(sale_of(&plain).is_none());
+    }
+
+    #[test]
+    fn records_round_trip_through_their_text_form() {
+        let sale = SaleId::parse("S").unwrap();
+        let id = ReservationId::parse("r1.S").unwrap();
+        let r = parse_record(id.clone(), &sale, "paid 10 20 15 15 u-1").unwrap();
+        assert_eq!(r.state, ReservationState::Paid);
+        assert_eq!(r.paid_at, Some(UnixMs(15)));
+        assert_eq!(r.user_id.as_str(), "u-1");
+        let r = parse_record(id.clone(), &sale, "reserved 10 20 0 10 u-1").unwrap();
+        assert_eq!(r.paid_at, None);
+        assert!(parse_record(id.clone(), &sale, "bogus 1 2 3 4 u").is_err());
+        assert!(parse_record(id, &sale, "reserved 1 2").is_err());
+    }
+}
