@@ -5,6 +5,7 @@
 //! model replayable from a journal and testable with random interleavings.
 
 pub mod allotment;
+pub mod audit;
 pub mod clock;
 pub mod event;
 pub mod ids;
@@ -13,6 +14,7 @@ pub mod reservation;
 pub mod sale;
 
 pub use allotment::Allotment;
+pub use audit::{audit_sale, AuditReport};
 pub use clock::{TimeError, UnixMs};
 pub use event::{Event, LeaseId};
 pub use ids::{IdError, IdempotencyKey, NodeId, ReservationId, SaleId, UserId};

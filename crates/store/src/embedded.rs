@@ -30,7 +30,7 @@ use ticketrush_core::{
 use tokio::sync::watch;
 
 use crate::journal;
-use crate::{BoxFuture, ReapReport, Store, StoreError, StoreResult};
+use crate::{BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
 
 /// Most journal bytes waiting for the writer. The writer drains in one fsync what arrived
 /// during the last; a backlog this large means the disk has stalled, and taking more changes
@@ -283,6 +283,22 @@ impl Store for EmbeddedStore {
     fn sale<'a>(&'a self, id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<SaleView>>> {
         let v = self.lock().ledger.sale(id);
         Box::pin(async move { Ok(v) })
+    }
+
+    fn snapshot<'a>(&'a self, sale_id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<Snapshot>>> {
+        let snap = {
+            let inner = self.lock();
+            inner.ledger.sale(sale_id).map(|view| Snapshot {
+                view,
+                reservations: inner
+                    .ledger
+                    .reservations()
+                    .filter(|r| &r.sale_id == sale_id)
+                    .cloned()
+                    .collect(),
+            })
+        };
+        Box::pin(async move { Ok(snap) })
     }
 
     fn sales(&self) -> BoxFuture<'_, StoreResult<Vec<SaleView>>> {

@@ -46,6 +46,13 @@ pub struct ReapReport {
     pub leases_reclaimed: usize,
 }
 
+/// A sale's counts with every reservation of it (see [`Store::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub view: SaleView,
+    pub reservations: Vec<Reservation>,
+}
+
 /// The global store. Every method is one atomic step in the store.
 pub trait Store: Send + Sync + 'static {
     /// The store's notion of now: the clock every deadline is measured against.
@@ -112,6 +119,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Expires due holds (at most `max`) and reclaims lapsed leases. Safe on every node at once.
     fn reap(&self, max: usize) -> BoxFuture<'_, StoreResult<ReapReport>>;
+
+    /// A sale's counts and all its reservations, read together: what the audit checks. Meant
+    /// for a quiet sale (after it, or with no node selling); a store that cannot read both in
+    /// one step retries until two reads of the counts agree, and answers `Unavailable` if the
+    /// sale keeps changing.
+    fn snapshot<'a>(&'a self, sale_id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<Snapshot>>>;
 
     /// Answers whether the store can serve: `/readyz`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;

@@ -30,7 +30,7 @@ use ticketrush_core::{
     ReservationState, ReserveItem, ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
 };
 
-use crate::{BoxFuture, ReapReport, Store, StoreError, StoreResult};
+use crate::{BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
 
 /// The set of every sale id; not in any sale's slot.
 const SALES_KEY: &str = "ticketrush:sales";
@@ -44,6 +44,11 @@ pub const OP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 /// reservations are refused (503): the writer's queue has a bound too. Without a writer the
 /// scripts keep only the most recent 100,000 events.
 pub const EVENTS_BACKLOG_MAX: u64 = 2_000_000;
+
+/// Reservations per HSCAN page when the audit reads a sale.
+const SCAN_PAGE: u64 = 10_000;
+/// Reads of a live sale before the snapshot gives up.
+const SNAPSHOT_ATTEMPTS_MAX: usize = 5;
 
 /// How the Redis store is set up.
 #[derive(Debug, Clone)]
@@ -216,6 +221,58 @@ impl RedisStore {
         let mut ids: Vec<SaleId> = ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// Every reservation of a sale, read with HSCAN in bounded pages (not one huge reply).
+    async fn all_reservations(&self, sale: &SaleId) -> StoreResult<Vec<Reservation>> {
+        let key = &sale_keys(sale)[4];
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            let (next, page): (u64, Vec<(String, String)>) = self
+                .bounded(
+                    redis::cmd("HSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SCAN_PAGE)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            for (id, record) in page {
+                let id = ReservationId::parse(&id)
+                    .map_err(|_| StoreError::Unavailable(format!("bad stored id {id:?}")))?;
+                out.push(parse_record(id, sale, &record)?);
+            }
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn do_snapshot(&self, sale: &SaleId) -> StoreResult<Option<Snapshot>> {
+        for _ in 0..SNAPSHOT_ATTEMPTS_MAX {
+            let Some(before) = self.sale_view(sale).await? else {
+                return Ok(None);
+            };
+            let reservations = self.all_reservations(sale).await?;
+            let after = self.sale_view(sale).await?;
+            if after.as_ref() == Some(&before) {
+                // HSCAN may return an entry twice when the hash is rehashed meanwhile.
+                let mut reservations = reservations;
+                reservations.sort_by(|a, b| a.id.cmp(&b.id));
+                reservations.dedup_by(|a, b| a.id == b.id);
+                return Ok(Some(Snapshot {
+                    view: before,
+                    reservations,
+                }));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the sale kept changing while it was read; audit it when no node is selling".into(),
+        ))
     }
 
     async fn do_create_sale(&self, spec: SaleSpec) -> StoreResult<SaleView> {
@@ -613,6 +670,10 @@ impl Store for RedisStore {
 
     fn reap(&self, max: usize) -> BoxFuture<'_, StoreResult<ReapReport>> {
         Box::pin(self.do_reap(max))
+    }
+
+    fn snapshot<'a>(&'a self, sale_id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<Snapshot>>> {
+        Box::pin(self.do_snapshot(sale_id))
     }
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
