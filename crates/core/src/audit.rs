@@ -220,7 +220,7 @@ mod tests {
         ];
         orders[1].created_at = UnixMs(1);
         // b has no row; counts say 4 in all of a total of 5.
-        let report = audit_sale(&view(5, 2, 2, 1), &rs, Some(&orders));
+        let report = audit_sale(&view(5, 1, 2, 1), &rs, Some(&orders));
         let all = report.violations.join("\n");
         assert!(all.contains("counts do not add up"), "{all}");
         assert!(all.contains("user u1 holds 2 tickets"), "{all}");
