@@ -109,11 +109,17 @@ impl Shared {
     }
 }
 
-/// Answers one client request.
+/// The client's address as an `X-Forwarded-For` value, made once per connection rather than
+/// formatted for every request.
+pub fn forwarded_for(client: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.ip().to_string()).expect("an IP address is a valid header value")
+}
+
+/// Answers one client request. `client` is the connection's `forwarded_for` value.
 pub async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-    client: SocketAddr,
+    client: HeaderValue,
 ) -> Response<GatewayBody> {
     let (parts, body) = req.into_parts();
     let body = match read_body(&parts.headers, body).await {
@@ -232,8 +238,8 @@ async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Respons
         return Err(too_large(drained));
     }
     let limited = Limited::new(body, BODY_BYTES_MAX);
-    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collect(limited)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(false)),
         Ok(Err(_)) => Err(error(
             StatusCode::BAD_REQUEST,
@@ -246,6 +252,27 @@ async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Respons
             "the request body did not arrive in time",
         )),
     }
+}
+
+/// The whole body. A small body arrives as one frame: that frame's bytes are used as they are,
+/// without copying them into a buffer list.
+async fn collect(
+    mut body: Limited<Incoming>,
+) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let first = match body.frame().await {
+        None => return Ok(Bytes::new()),
+        Some(frame) => frame?.into_data().unwrap_or_default(),
+    };
+    if body.is_end_stream() {
+        return Ok(first);
+    }
+    let mut all = bytes::BytesMut::from(first);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            all.extend_from_slice(&data);
+        }
+    }
+    Ok(all.freeze())
 }
 
 /// Reads and throws away a refused body (bounded), so the client sees the answer rather than a
@@ -308,7 +335,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The request as a node gets it: origin-form URI, HTTP/1.1 (keep-alive), end-to-end headers,
 /// the body whole (hyper sets its `Content-Length`), the client's address appended to
 /// `X-Forwarded-For`.
-fn upstream_request(parts: Parts, body: Bytes, client: SocketAddr) -> Request<UpstreamRequestBody> {
+fn upstream_request(
+    parts: Parts,
+    body: Bytes,
+    client: HeaderValue,
+) -> Request<UpstreamRequestBody> {
     let Parts {
         method,
         uri,
@@ -317,13 +348,19 @@ fn upstream_request(parts: Parts, body: Bytes, client: SocketAddr) -> Request<Up
     } = parts;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
-    let forwarded = match headers.get(HeaderName::from_static("x-forwarded-for")) {
-        Some(prior) => format!("{}, {}", prior.to_str().unwrap_or(""), client.ip()),
-        None => client.ip().to_string(),
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let forwarded = match headers.get(&xff) {
+        Some(prior) => {
+            let joined = format!(
+                "{}, {}",
+                prior.to_str().unwrap_or(""),
+                client.to_str().unwrap_or("")
+            );
+            HeaderValue::from_str(&joined).unwrap_or(client)
+        }
+        None => client,
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
+    headers.insert(xff, forwarded);
     let uri = uri
         .path_and_query()
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
@@ -407,7 +444,7 @@ mod tests {
         let up = upstream_request(
             parts,
             Bytes::from_static(b"{}"),
-            "192.0.2.7:5555".parse().unwrap(),
+            forwarded_for("192.0.2.7:5555".parse().unwrap()),
         );
         assert_eq!(up.uri(), "/api/v1/sales/G1/reservations?x=1");
         assert_eq!(up.version(), Version::HTTP_11);

@@ -46,9 +46,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let forwarded_for = proxy::forwarded_for(client);
         let service = service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, client).await) }
+            let forwarded_for = forwarded_for.clone();
+            async move {
+                let resp = proxy::handle(shared, req, forwarded_for).await;
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
