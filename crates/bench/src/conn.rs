@@ -13,18 +13,18 @@
 //! answered anything for `--give-up-seconds` stops, so a dead target ends the run by itself.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request, Uri};
 
 use crate::args::{Args, Endpoint, Target, RETRY_AFTER_MAX};
-use crate::http::{connect, BODY_BYTES_MAX};
+use crate::http::{connect, Driver, Sender, BODY_BYTES_MAX};
 use crate::timeline::{SecondCounts, Timeline};
 
 /// Users claimed from the shared counter at a time: one atomic add per 16 users.
@@ -192,7 +192,7 @@ pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> Con
 
 impl Conn<'_> {
     async fn drive(&mut self) {
-        let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+        let mut link: Option<Link> = None;
         let mut last_answer = Instant::now();
         let mut backoff = BACKOFF_MIN;
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -204,10 +204,10 @@ impl Conn<'_> {
                 }
                 Next::Done => return,
             };
-            let s = match sender.as_mut() {
-                Some(s) => s,
-                None => match connect(self.target).await {
-                    Ok(s) => sender.insert(s),
+            let l = match link.as_mut() {
+                Some(l) => l,
+                None => match Link::open(self.target, self.timeout).await {
+                    Ok(l) => link.insert(l),
                     Err(_) => {
                         // The user's request could not even be sent: an error, as wrk counts
                         // a failed connect.
@@ -222,12 +222,12 @@ impl Conn<'_> {
                     }
                 },
             };
-            let answered = self.attempt(s, job).await;
+            let answered = self.attempt(l, job).await;
             if answered {
                 last_answer = Instant::now();
                 backoff = BACKOFF_MIN;
             } else {
-                sender = None;
+                link = None;
                 if last_answer.elapsed() >= self.give_up {
                     self.out.gave_up_on_target = true;
                     return;
@@ -273,12 +273,12 @@ impl Conn<'_> {
 
     /// One user's request (and its payment, if it won and is due to pay). Answers whether the
     /// target answered (false: the connection is broken and must be opened again).
-    async fn attempt(&mut self, sender: &mut SendRequest<Full<Bytes>>, job: Job) -> bool {
+    async fn attempt(&mut self, link: &mut Link, job: Job) -> bool {
         let req = self.request(job.user);
         let sent = Instant::now();
-        let answer = tokio::time::timeout(self.timeout, exchange(sender, req)).await;
+        let answer = link.exchange(req, self.timeout).await;
         let done = Instant::now();
-        let Ok(Ok(answer)) = answer else {
+        let Some(answer) = answer else {
             self.count_failed(done);
             return false;
         };
@@ -298,7 +298,7 @@ impl Conn<'_> {
                     self.out.counts.users_gave_up += 1;
                 }
             }
-            Outcome::Won if self.due_to_pay() => return self.pay(sender, job.user, &answer).await,
+            Outcome::Won if self.due_to_pay() => return self.pay(link, job.user, &answer).await,
             _ => {}
         }
         true
@@ -365,12 +365,7 @@ impl Conn<'_> {
         false
     }
 
-    async fn pay(
-        &mut self,
-        sender: &mut SendRequest<Full<Bytes>>,
-        user: u64,
-        won: &Answer,
-    ) -> bool {
+    async fn pay(&mut self, link: &mut Link, user: u64, won: &Answer) -> bool {
         let c = &mut self.out.counts;
         c.pay_attempted += 1;
         let Some(id) = reservation_id(&won.body) else {
@@ -378,12 +373,12 @@ impl Conn<'_> {
             return true;
         };
         let req = self.pay_request(id, user);
-        let answer = tokio::time::timeout(self.timeout, exchange(sender, req)).await;
+        let answer = link.exchange(req, self.timeout).await;
         let c = &mut self.out.counts;
         match answer {
-            Ok(Ok(a)) if a.status == 200 => c.paid += 1,
-            Ok(Ok(_)) => c.pay_refused += 1,
-            _ => {
+            Some(a) if a.status == 200 => c.paid += 1,
+            Some(_) => c.pay_refused += 1,
+            None => {
                 c.pay_unknown += 1;
                 return false;
             }
@@ -436,11 +431,67 @@ impl Conn<'_> {
     }
 }
 
+/// An open connection: its request half, its driver, and the watchdog that bounds each
+/// exchange. The driver is polled here, in the connection's own task, rather than spawned:
+/// a spawned driver costs two task wake-ups per request, which on two cores is what made the
+/// generator slower than wrk. The watchdog is one timer per connection, re-armed only when it
+/// fires (about once per `--timeout-ms`), not a timer registered and cancelled per request.
+struct Link {
+    sender: Sender,
+    driver: Pin<Box<Driver>>,
+    watchdog: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Link {
+    async fn open(target: &Target, timeout: Duration) -> std::io::Result<Link> {
+        let (sender, driver) = connect(target).await?;
+        Ok(Link {
+            sender,
+            driver: Box::pin(driver),
+            watchdog: Box::pin(tokio::time::sleep(timeout)),
+        })
+    }
+
+    /// Sends `req` and reads its answer; `None` if the connection ended or `timeout` passed
+    /// first (the link must then be dropped).
+    async fn exchange(&mut self, req: Request<Full<Bytes>>, timeout: Duration) -> Option<Answer> {
+        let started = Instant::now();
+        let Link {
+            sender,
+            driver,
+            watchdog,
+        } = self;
+        let answer = exchange(sender, req);
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                biased;
+                a = &mut answer => return a.ok(),
+                _ = driver.as_mut() => {
+                    // The driver may have handed over the whole answer just before it ended
+                    // (a server closing after its last response): take it if so.
+                    return std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(match std::future::Future::poll(answer.as_mut(), cx) {
+                            std::task::Poll::Ready(a) => a.ok(),
+                            std::task::Poll::Pending => None,
+                        })
+                    })
+                    .await;
+                }
+                () = watchdog.as_mut() => {
+                    let deadline = started + timeout;
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    watchdog.as_mut().reset(deadline.into());
+                }
+            }
+        }
+    }
+}
+
 /// Sends one request and reads the whole answer (bounded).
-async fn exchange(
-    sender: &mut SendRequest<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> anyhow::Result<Answer> {
+async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>) -> anyhow::Result<Answer> {
     sender.ready().await?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();

@@ -19,9 +19,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer body read (a sale object or a reservation is a few hundred bytes).
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
-/// Opens one keep-alive connection; its driver runs as a task that ends when the connection
-/// does (when the `SendRequest` is dropped or the peer closes).
-pub async fn connect(target: &Target) -> std::io::Result<SendRequest<Full<Bytes>>> {
+/// One HTTP/1 connection's two halves: the caller polls `conn` itself (in the same task as its
+/// requests, see `conn.rs`), so no request costs a wake-up of another task.
+pub type Sender = SendRequest<Full<Bytes>>;
+pub type Driver =
+    hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
+
+/// Opens one keep-alive connection, bounded by `CONNECT_TIMEOUT`.
+pub async fn connect(target: &Target) -> std::io::Result<(Sender, Driver)> {
     let stream = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect(target.authority.as_str()),
@@ -29,14 +34,9 @@ pub async fn connect(target: &Target) -> std::io::Result<SendRequest<Full<Bytes>
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        // The error (peer closed, reset) reaches the sender's next request; nothing to do here.
-        let _ = conn.await;
-    });
-    Ok(sender)
+        .map_err(std::io::Error::other)
 }
 
 /// A GET on a fresh connection: (status, body), bounded in time and size.

@@ -247,3 +247,30 @@ fn bad_flags_exit_2_and_an_unreadable_sale_exits_1() {
     assert_eq!(code, Some(1), "nothing listens on port 1: {stderr}");
     assert!(stderr.contains("cannot read sale"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_answered_429_retry_after_retry_after() {
+    // How: a node that lets one reservation wait for the store sheds most of 16 concurrent
+    // connections with 429; those users come back after Retry-After (1 s), up to 3 times.
+    let mut config = crate::support::config("test-node");
+    config.pending_max = 1;
+    config.batch_wait = Duration::from_millis(5);
+    let node = TestNode::start_with(config).await;
+    assert_eq!(
+        node.client.create_sale("b6", 1_000, json!({})).await.status,
+        201
+    );
+    let mut args = args_for(&node, "b6", 400);
+    args.connections = 16;
+
+    let r = ticketrush_bench::run(args).await.unwrap();
+
+    assert_consistent(&r);
+    assert!(r.overloaded > 0, "nothing was shed: {r:?}");
+    assert_eq!(r.other, r.overloaded, "429 is the only other answer");
+    assert_eq!(r.requests, 400 + r.overloaded, "one more request per 429");
+    assert_eq!(r.succeeded + r.users_gave_up, 400);
+    assert!(r.check.passed, "{:?}", r.check);
+    assert_eq!(node.client.counts("b6").await.1, r.succeeded);
+    node.stop().await;
+}
