@@ -171,6 +171,31 @@ pub struct Metrics {
     pub leases: AtomicU64,
     pub leases_lost: AtomicU64,
     pub expired: AtomicU64,
+    /// Figures of parts outside this crate (the order writer), appended to the rendering.
+    pub extra: ExtraMetrics,
+}
+
+/// A renderer of more metrics, set once at start by whoever owns them.
+#[derive(Default)]
+pub struct ExtraMetrics(std::sync::OnceLock<Box<RenderFn>>);
+
+type RenderFn = dyn Fn(&mut String) + Send + Sync;
+
+impl ExtraMetrics {
+    /// Sets the renderer; a second call is ignored.
+    pub fn set(&self, render: impl Fn(&mut String) + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(render));
+    }
+}
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ExtraMetrics(set)"
+        } else {
+            "ExtraMetrics(none)"
+        })
+    }
 }
 
 impl Metrics {
@@ -239,6 +264,9 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 v.load(Relaxed)
             );
+        }
+        if let Some(render) = self.extra.0.get() {
+            render(&mut out);
         }
         out
     }

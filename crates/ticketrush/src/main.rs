@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod orders_cmd;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ticketrush_core::LedgerError;
@@ -49,6 +51,10 @@ enum Command {
     NginxConf(TierArgs),
     /// Load a sale with N distinct users: latency, throughput, outcomes, and the sale checked.
     Bench(BenchArgs),
+    /// Check a sale's invariants against its stores; exit 1 naming every violation.
+    Audit(orders_cmd::AuditArgs),
+    /// Run an order writer alone: Redis event streams to the PostgreSQL orders table.
+    OrderWriter(orders_cmd::OrderWriterArgs),
 }
 
 #[derive(Args)]
@@ -97,6 +103,10 @@ struct ServeArgs {
     /// the embedded store; any number of nodes may share one Redis.
     #[arg(long, env = "TICKETRUSH_REDIS", value_parser = parse_redis_url)]
     redis: Option<String>,
+    /// Write orders to this PostgreSQL (postgres://USER@HOST:PORT/DB): the node runs an order
+    /// writer that follows the sales' event streams in Redis (needs --redis).
+    #[arg(long, env = "TICKETRUSH_POSTGRES", requires = "redis", value_parser = orders_cmd::parse_postgres_url)]
+    postgres: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -192,6 +202,8 @@ fn main() -> ExitCode {
         Command::Gateway(a) => &a.runtime,
         Command::NginxConf(_) => unreachable!("nginx-conf returned above"),
         Command::Bench(a) => &a.runtime,
+        Command::Audit(a) => &a.runtime,
+        Command::OrderWriter(a) => &a.runtime,
     };
     init_logging(&runtime_args.log);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -212,6 +224,8 @@ fn main() -> ExitCode {
             Command::Gateway(a) => gateway(a.tier).await,
             Command::NginxConf(_) => unreachable!("nginx-conf returned above"),
             Command::Bench(a) => ticketrush_bench::command(a.bench).await,
+            Command::Audit(a) => orders_cmd::audit(a).await,
+            Command::OrderWriter(a) => orders_cmd::order_writer(a, shutdown_signal()).await,
         }
     });
     match result {
@@ -261,12 +275,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let started = ticketrush_server::start(config, store);
+    let writer = args.postgres.as_ref().map(|pg| {
+        let redis = args
+            .redis
+            .as_deref()
+            .expect("clap requires --redis with --postgres");
+        orders_cmd::start_writer(redis, pg, &node_id, &started.node.metrics)
+    });
     // The one line on stdout: tests and scripts read the address from it.
     println!("ticketrush listening on http://{addr} as {node_id}");
     tracing::info!(%addr, node = %node_id, "serving");
     ticketrush_server::http::serve(listener, started.router.clone(), shutdown_signal()).await;
     tracing::info!("shutting down: returning unsold allotments");
     started.shutdown().await;
+    if let Some(w) = writer {
+        w.stop().await;
+    }
     Ok(())
 }
 

@@ -8,6 +8,8 @@ mod contract;
 mod crash;
 mod gateway;
 mod hostile;
+mod orders;
+mod pg;
 mod races;
 mod redis_server;
 mod support;

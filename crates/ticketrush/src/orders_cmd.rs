@@ -1,0 +1,199 @@
+//! `audit`, `order-writer`, and the order writer inside `serve --postgres`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ticketrush_core::{audit_sale, AuditReport, NodeId, SaleId};
+use ticketrush_orders::{OrderWriter, OrdersDb, WriterConfig};
+use ticketrush_store::{EmbeddedStore, RedisConfig, RedisStore, Store};
+
+use crate::RuntimeArgs;
+
+/// Longest `audit` waits for the order writer to catch up, at most.
+const AUDIT_WAIT_SECONDS_MAX: u64 = 3_600;
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// The sale to check.
+    #[arg(long, env = "TICKETRUSH_SALE", value_parser = parse_sale_id)]
+    sale: SaleId,
+    /// The cluster's Redis (the sale's truth).
+    #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url, conflicts_with = "data_dir")]
+    redis: Option<String>,
+    /// The orders database: every reservation must have exactly one row in its state.
+    #[arg(long, env = "TICKETRUSH_POSTGRES", requires = "redis", value_parser = parse_postgres_url)]
+    postgres: Option<String>,
+    /// An embedded store's data dir (the node must be stopped: the dir is locked while it runs).
+    #[arg(long, env = "TICKETRUSH_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// Longest wait, in seconds, for the order writer to write what is pending.
+    #[arg(long, env = "TICKETRUSH_WAIT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=AUDIT_WAIT_SECONDS_MAX))]
+    wait_seconds: u64,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+pub struct OrderWriterArgs {
+    /// The cluster's Redis, whose sale event streams are read.
+    #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url)]
+    redis: String,
+    /// The database of the orders table (created if missing).
+    #[arg(long, env = "TICKETRUSH_POSTGRES", value_parser = parse_postgres_url)]
+    postgres: String,
+    /// This writer's name in the consumer group (unique per running writer).
+    #[arg(long, env = "TICKETRUSH_CONSUMER", value_parser = parse_node_id)]
+    consumer: Option<NodeId>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+fn parse_sale_id(s: &str) -> Result<SaleId, String> {
+    SaleId::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    NodeId::parse(s).map_err(|e| e.to_string())
+}
+
+pub fn parse_postgres_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err(format!("{s:?} is not a postgres:// URL"));
+    }
+    s.parse::<tokio_postgres::Config>()
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a postgres URL: {e}"))
+}
+
+/// Starts the order writer of `serve --postgres` and shows its figures in `/metrics`.
+pub fn start_writer(
+    redis: &str,
+    postgres: &str,
+    node_id: &NodeId,
+    metrics: &ticketrush_server::metrics::Metrics,
+) -> OrderWriter {
+    let writer = OrderWriter::start(WriterConfig::new(redis, postgres, node_id.as_str()));
+    let stats = writer.stats.clone();
+    metrics.extra.set(move |out| stats.render(out));
+    tracing::info!(consumer = %node_id, "order writer started");
+    writer
+}
+
+pub async fn order_writer(
+    args: OrderWriterArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let consumer = args.consumer.unwrap_or_else(|| {
+        let r = ticketrush_server::node::new_reservation_id();
+        NodeId::parse(&format!("writer-{}", &r.as_str()[..6])).expect("valid consumer name")
+    });
+    // Fail fast on a wrong URL or an unreachable database, then let the writer retry.
+    OrdersDb::connect(&args.postgres)
+        .await
+        .context("cannot reach postgres")?;
+    let writer = OrderWriter::start(WriterConfig::new(
+        &args.redis,
+        &args.postgres,
+        consumer.as_str(),
+    ));
+    println!("ticketrush order writer running as {consumer}");
+    shutdown.await;
+    writer.stop().await;
+    Ok(())
+}
+
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let report = match (&args.redis, &args.data_dir) {
+        (Some(redis), _) => audit_redis(&args, redis).await?,
+        (None, Some(dir)) => {
+            let (store, _) = EmbeddedStore::open(dir)
+                .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+            audit_store(&store, &args.sale, None).await?
+        }
+        (None, None) => {
+            bail!("give the store to audit: --redis URL [--postgres URL] or --data-dir DIR")
+        }
+    };
+    print_report(&args.sale, &report);
+    if !report.passed() {
+        bail!(
+            "audit of sale {} failed: {} violation(s)",
+            args.sale,
+            report.violation_count
+        );
+    }
+    Ok(())
+}
+
+async fn audit_redis(args: &AuditArgs, redis: &str) -> anyhow::Result<AuditReport> {
+    let store = RedisStore::connect(RedisConfig::new(redis))
+        .await
+        .context("cannot reach redis")?;
+    let Some(pg) = &args.postgres else {
+        return audit_store(&store, &args.sale, None).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
+    let backlog = loop {
+        let b = ticketrush_orders::writer::backlog(redis, &args.sale).await?;
+        if b == Some(0) || Instant::now() >= deadline {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let db = OrdersDb::connect(pg)
+        .await
+        .context("cannot reach postgres")?;
+    let mut report = audit_store(&store, &args.sale, Some(&db)).await?;
+    match backlog {
+        Some(0) => {}
+        Some(n) => report.note_violation(format!(
+            "the order writer is still {n} event(s) behind after {} s",
+            args.wait_seconds
+        )),
+        None => report.note_violation(
+            "no order writer has ever read this sale's events (is a node running with --postgres?)"
+                .into(),
+        ),
+    }
+    Ok(report)
+}
+
+async fn audit_store(
+    store: &dyn Store,
+    sale: &SaleId,
+    orders: Option<&OrdersDb>,
+) -> anyhow::Result<AuditReport> {
+    let snap = store
+        .snapshot(sale)
+        .await?
+        .with_context(|| format!("no sale {sale}"))?;
+    let rows = match orders {
+        Some(db) => Some(db.rows_of(sale).await?),
+        None => None,
+    };
+    Ok(audit_sale(&snap.view, &snap.reservations, rows.as_deref()))
+}
+
+fn print_report(sale: &SaleId, r: &AuditReport) {
+    println!(
+        "audit of sale {sale}: reservations reserved {} paid {} cancelled {} expired {}{}",
+        r.reserved,
+        r.paid,
+        r.cancelled,
+        r.expired,
+        r.orders
+            .map_or(String::new(), |n| format!(", order rows {n}"))
+    );
+    for v in &r.violations {
+        println!("VIOLATION: {v}");
+    }
+    if r.violation_count > r.violations.len() as u64 {
+        println!(
+            "… and {} more",
+            r.violation_count - r.violations.len() as u64
+        );
+    }
+    println!("{}", if r.passed() { "PASSED" } else { "FAILED" });
+}
