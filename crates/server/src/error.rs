@@ -151,10 +151,32 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Ledger(l) => l.into(),
             StoreError::Unavailable(m) => {
-                tracing::warn!(reason = %m, "store unavailable");
+                log_unavailable(&m);
                 ApiError::unavailable("the store is unavailable; retry shortly")
             }
         }
+    }
+}
+
+/// Logs a store outage at most once a second: while Redis is down every request meets it,
+/// and a log line per request would be a second outage.
+fn log_unavailable(reason: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static LAST_LOG_SECOND: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_LOG_SECOND.load(Relaxed);
+    if now > last
+        && LAST_LOG_SECOND
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Relaxed);
+        tracing::warn!(reason, suppressed, "store unavailable");
+    } else {
+        SUPPRESSED.fetch_add(1, Relaxed);
     }
 }
 

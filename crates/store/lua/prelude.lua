@@ -30,8 +30,14 @@ local function fmt(n)
   return string.format('%d', n)
 end
 
+-- Whether an order writer follows this sale, looked up once per script call.
+local writer_attached = nil
+
 local function emit(fields)
-  if redis.call('HEXISTS', K_SALE, 'writer') == 1 then
+  if writer_attached == nil then
+    writer_attached = redis.call('HEXISTS', K_SALE, 'writer') == 1
+  end
+  if writer_attached then
     redis.call('XADD', K_EVENTS, '*', unpack(fields))
   else
     redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_KEEP_WITHOUT_WRITER, '*', unpack(fields))

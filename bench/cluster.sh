@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Cluster mode in one run, all on loopback, everything stopped at the end:
+#   1. the ceiling: NODES hello-world servers (`ticketrush ceiling`) loaded by our generator
+#      through the same NODES targets, CONNS connections, USERS requests;
+#   2. sell-through, batched: NODES `serve --redis` nodes on one Redis (appendonly yes,
+#      appendfsync always), TICKETS tickets, USERS users (every request a winner);
+#   3. the same with `--batch-size 1` (one script call per reservation);
+#   4. with PG=1 (default): the order writer. The nodes of step 2 run with --postgres, and the
+#      writers' lag is sampled during the sale; then a backlog of TICKETS reservations made
+#      while no writer runs is drained by one `order-writer`: rows per second.
+# Redis calls per reservation come from Redis's own INFO commandstats.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NODES=${NODES:-3}
+TICKETS=${TICKETS:-200000}
+USERS=${USERS:-$TICKETS}
+CONNS=${CONNS:-96}
+BASE=${BASE:-18300}
+PG=${PG:-1}
+PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
+cargo build --release -q -p ticketrush
+BIN=$PWD/target/release/ticketrush
+OUT=$(mktemp -d)
+REDIS_PORT=$((BASE + 99))
+DB=ticketrush_bench_$$
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [ "$PG" = 1 ]; then psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; fi
+  rm -rf "$OUT"
+}
+trap cleanup EXIT
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+PG_URL="postgres://postgres@127.0.0.1:5432/$DB"
+rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
+field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
+p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
+wait_url() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+calls() { rcli INFO commandstats | sed -n 's/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p' | awk '{s+=$1} END {print s+0}'; }
+targets() { for i in $(seq "$NODES"); do printf -- "--target http://127.0.0.1:%d " $((BASE + i)); done; }
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$OUT" --appendonly yes \
+  --appendfsync always --save "" --daemonize no --loglevel warning >/dev/null &
+for _ in $(seq 100); do rcli PING >/dev/null 2>&1 && break; sleep 0.05; done
+if [ "$PG" = 1 ]; then psql "$PG_ADMIN" -qc "CREATE DATABASE $DB" >/dev/null; fi
+
+echo "== 1. ceiling: $NODES hello-world servers, $USERS requests, $CONNS connections"
+PIDS=()
+for i in $(seq "$NODES"); do
+  $BIN ceiling --listen "127.0.0.1:$((BASE + i))" >/dev/null 2>&1 & PIDS+=($!)
+done
+for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+# shellcheck disable=SC2046
+$BIN bench $(targets) --sale ceiling --users "$USERS" --connections "$CONNS" --no-check --quiet \
+  --json "$OUT/ceiling.json"
+kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true
+
+# Runs one sell-through: $1 name, then extra serve flags.
+sell() {
+  local name=$1; shift
+  PIDS=()
+  for i in $(seq "$NODES"); do
+    $BIN serve --listen "127.0.0.1:$((BASE + i))" --redis "$REDIS_URL" --admin-token bench \
+      --node-id "n$i-$name" --log warn "$@" >/dev/null & PIDS+=($!)
+  done
+  for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+  curl -sf -X POST "http://127.0.0.1:$((BASE + 1))/api/v1/sales" -H 'Content-Type: application/json' \
+    -H 'Authorization: Bearer bench' -d "{\"id\":\"$name\",\"total\":$TICKETS,\"per_user_limit\":1}" >/dev/null
+  local before; before=$(calls)
+  local lag_max=0
+  ( while sleep 0.5; do
+      curl -s "http://127.0.0.1:$((BASE + 1))/metrics" | sed -n 's/^ticketrush_orders_lag_entries \([0-9]*\)$/\1/p'
+    done ) > "$OUT/$name.lag" 2>/dev/null &
+  local sampler=$!
+  local status=0
+  # shellcheck disable=SC2046
+  $BIN bench $(targets) --sale "$name" --users "$USERS" --connections "$CONNS" --quiet \
+    --json "$OUT/$name.json" || status=$?
+  kill "$sampler" 2>/dev/null || true
+  local after; after=$(calls)
+  local won; won=$(field "$OUT/$name.json" succeeded)
+  lag_max=$(sort -n "$OUT/$name.lag" | tail -1); lag_max=${lag_max:-n/a}
+  echo "$name: rps $(field "$OUT/$name.json" rps), reserved $won, p99 $(p99 "$OUT/$name.json") ms," \
+    "errors $(field "$OUT/$name.json" errors), check exit $status"
+  awk -v c=$((after - before)) -v w="$won" 'BEGIN { printf "  redis calls %d, per reservation %.3f\n", c, c / w }'
+  if [ "$PG" = 1 ] && [ "$name" = batched ]; then
+    echo "  order writer lag during the sale: max $lag_max entries (sampled every 0.5 s on node 1)"
+    local t0; t0=$(date +%s.%N)
+    $BIN audit --sale "$name" --redis "$REDIS_URL" --postgres "$PG_URL" --wait-seconds 120 | tail -1
+    echo "  audit finished $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s after the run"
+  fi
+  kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true
+}
+
+echo "== 2. sell-through, batched (default --batch-size 256)"
+if [ "$PG" = 1 ]; then sell batched --postgres "$PG_URL"; else sell batched; fi
+echo "== 3. sell-through, per request (--batch-size 1)"
+sell single --batch-size 1
+
+if [ "$PG" = 1 ]; then
+  echo "== 4. order writer: drain a backlog of the per-request sale's $TICKETS reservations"
+  # The 'single' sale ran with no writer attached, so its stream kept only ~100,000 recent
+  # events: make a fresh one with the writer flag set first, filled while no writer runs.
+  $BIN order-writer --redis "$REDIS_URL" --postgres "$PG_URL" --consumer attach >/dev/null 2>&1 &
+  W=$!
+  PIDS=()
+  for i in $(seq "$NODES"); do
+    $BIN serve --listen "127.0.0.1:$((BASE + i))" --redis "$REDIS_URL" --admin-token bench \
+      --node-id "n$i-backlog" --log warn >/dev/null & PIDS+=($!)
+  done
+  for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+  curl -sf -X POST "http://127.0.0.1:$((BASE + 1))/api/v1/sales" -H 'Content-Type: application/json' \
+    -H 'Authorization: Bearer bench' -d "{\"id\":\"backlog\",\"total\":$TICKETS}" >/dev/null
+  sleep 1.5   # the writer attaches to new sales once a second
+  kill "$W"; wait "$W" 2>/dev/null || true
+  # shellcheck disable=SC2046
+  $BIN bench $(targets) --sale backlog --users "$TICKETS" --connections "$CONNS" --quiet \
+    --json "$OUT/backlog.json" >/dev/null || true
+  kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true
+  base=$(psql "$PG_URL" -tAc "select count(*) from orders where sale_id = 'backlog'")
+  want=$(field "$OUT/backlog.json" succeeded)
+  t0=$(date +%s.%N)
+  $BIN order-writer --redis "$REDIS_URL" --postgres "$PG_URL" --consumer drain >/dev/null 2>&1 &
+  W=$!
+  while [ "$(psql "$PG_URL" -tAc "select count(*) from orders where sale_id = 'backlog'")" -lt "$want" ]; do
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  kill "$W"; wait "$W" 2>/dev/null || true
+  awk -v n=$((want - base)) -v a="$t0" -v b="$t1" \
+    'BEGIN { printf "  %d rows in %.2f s: %.0f rows/s (from the writer process start)\n", n, b - a, n / (b - a) }'
+fi
+
+echo "== summary"
+c=$(field "$OUT/ceiling.json" rps); b=$(field "$OUT/batched.json" rps); s=$(field "$OUT/single.json" rps)
+echo "ceiling rps $c (p99 $(p99 "$OUT/ceiling.json") ms)"
+awk -v c="$c" -v b="$b" -v s="$s" 'BEGIN {
+  printf "batched:     %.0f reservations/s, %.3f of the ceiling\nper request: %.0f reservations/s, %.3f of the ceiling\n", b, b / c, s, s / c }'
