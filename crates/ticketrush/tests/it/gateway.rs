@@ -358,6 +358,20 @@ fn gateway_and_nginx_conf_refuse_bad_flags_with_exit_2() {
 }
 
 #[test]
+fn gateway_and_nginx_conf_have_help() {
+    for sub in ["gateway", "nginx-conf"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ticketrush"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{sub}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--node <ADDR=WEIGHT>"), "{help}");
+        assert!(help.contains("TICKETRUSH_FAIL_TIMEOUT_SECONDS"), "{help}");
+    }
+}
+
+#[test]
 fn nginx_conf_reads_its_flags_from_the_environment() {
     let out = Command::new(env!("CARGO_BIN_EXE_ticketrush"))
         .arg("nginx-conf")
