@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod demo;
 mod orders_cmd;
 
 use anyhow::Context;
@@ -55,6 +56,9 @@ enum Command {
     Audit(orders_cmd::AuditArgs),
     /// Run an order writer alone: Redis event streams to the PostgreSQL orders table.
     OrderWriter(orders_cmd::OrderWriterArgs),
+    /// The article's flash sale on this machine: weighted nodes behind the gateway, a million
+    /// simulated users, what each node sold, and the audit.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -204,6 +208,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => &a.runtime,
         Command::Audit(a) => &a.runtime,
         Command::OrderWriter(a) => &a.runtime,
+        Command::Demo(a) => &a.runtime,
     };
     init_logging(&runtime_args.log);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -226,6 +231,7 @@ fn main() -> ExitCode {
             Command::Bench(a) => ticketrush_bench::command(a.bench).await,
             Command::Audit(a) => orders_cmd::audit(a).await,
             Command::OrderWriter(a) => orders_cmd::order_writer(a, shutdown_signal()).await,
+            Command::Demo(a) => demo::demo(a, shutdown_signal()).await,
         }
     });
     match result {

@@ -6,6 +6,8 @@ mod cli;
 mod cluster;
 mod contract;
 mod crash;
+mod embedded_orders;
+mod demo;
 mod gateway;
 mod hostile;
 mod orders;

@@ -1,0 +1,211 @@
+//! `ticketrush demo`, the real binary end to end: it sells every ticket through the weighted
+//! tier and passes its audit, over the embedded store and over a real Redis, removes its temp
+//! dir also when it fails, and refuses bad flags with exit 2.
+//!
+//! Every run is bounded twice: `--max-seconds` inside the demo, and a timeout around the
+//! process here (killed on drop), so a hung demo fails the test instead of hanging the suite.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::redis_server::RedisServer;
+use crate::support::TempDir;
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `ticketrush demo ARGS` with its temp dirs under `tmp`.
+async fn demo(args: &[&str], tmp: &Path) -> Run {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketrush"))
+        .arg("demo")
+        .args(args)
+        .env("TMPDIR", tmp)
+        .env_remove("TICKETRUSH_LOG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("demo finished within 120 s")
+        .expect("run ticketrush demo");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The summary's `(weight, sold)` per node, in node order, from lines like
+/// `  node-2   weight  2 ( 33.3 %)  sold         148 ( 29.6 %)`.
+fn sold_by_node(stdout: &str) -> Vec<(u64, u64)> {
+    let number_after = |line: &str, word: &str| -> u64 {
+        let rest = &line[line.find(word).unwrap() + word.len()..];
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == ',')
+            .filter(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("  node-") && l.contains(" sold "))
+        .map(|l| (number_after(l, "weight"), number_after(l, "sold")))
+        .collect()
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_sells_every_ticket_through_weighted_nodes_and_passes_its_audit() {
+    let tmp = TempDir::new("demo-tmp");
+    let out = TempDir::new("demo-out");
+    let json = out.0.join("report.json");
+    let json_arg = json.to_str().unwrap();
+    let args = [
+        "--users",
+        "3000",
+        "--tickets",
+        "500",
+        "--nodes",
+        "3",
+        "--max-seconds",
+        "60",
+        "--json",
+        json_arg,
+    ];
+
+    let run = demo(&args, &tmp.0).await;
+
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("reservations reserved 500 paid 0 cancelled 0 expired 0\nPASSED"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("demo passed: 500 of 500 tickets"));
+    let nodes = sold_by_node(&run.stdout);
+    let weights: Vec<u64> = nodes.iter().map(|(w, _)| *w).collect();
+    assert_eq!(weights, [1, 2, 3], "{}", run.stdout);
+    assert_eq!(nodes.iter().map(|(_, s)| s).sum::<u64>(), 500);
+    // Shares follow the weights only roughly (each node sells what it leased), so: every node
+    // sold, and the weight-3 node sold more than the weight-1 node.
+    assert!(nodes.iter().all(|(_, s)| *s > 0), "{}", run.stdout);
+    assert!(nodes[2].1 > nodes[0].1, "{}", run.stdout);
+    // The generator's report agrees with the summary.
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["succeeded"], 500);
+    assert_eq!(report["requests"], 3000);
+    assert_eq!(report["by_node"]["node-3"], nodes[2].1);
+    // The temp data dir is gone.
+    assert!(is_empty_dir(&tmp.0), "left behind in {:?}", tmp.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_over_redis_passes_and_reruns_do_not_collide() {
+    let redis = RedisServer::start();
+    let tmp = TempDir::new("demo-redis");
+    let url = redis.url();
+    let args = [
+        "--redis",
+        &url,
+        "--users",
+        "800",
+        "--tickets",
+        "200",
+        "--nodes",
+        "2",
+        "--connections",
+        "20",
+        "--max-seconds",
+        "60",
+    ];
+    // Twice on one Redis: each run makes its own sale.
+    for _ in 0..2 {
+        let run = demo(&args, &tmp.0).await;
+        assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains("\nPASSED\n"), "{}", run.stdout);
+        assert!(run.stdout.contains("demo passed: 200 of 200 tickets"));
+        let nodes = sold_by_node(&run.stdout);
+        assert_eq!(nodes.len(), 2, "{}", run.stdout);
+        assert_eq!(nodes.iter().map(|(_, s)| s).sum::<u64>(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_demo_exits_1_and_still_removes_its_temp_dir() {
+    let tmp = TempDir::new("demo-fail");
+    // The report cannot be written: the run itself goes through, then the demo fails.
+    let run = demo(
+        &[
+            "--users",
+            "200",
+            "--tickets",
+            "50",
+            "--nodes",
+            "2",
+            "--json",
+            "/nonexistent-dir/report.json",
+        ],
+        &tmp.0,
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("JSON report"), "{}", run.stderr);
+    assert!(is_empty_dir(&tmp.0), "left behind in {:?}", tmp.0);
+
+    // Nothing listens on port 1: the demo cannot reach Redis and says so.
+    let run = demo(&["--redis", "redis://127.0.0.1:1"], &tmp.0).await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("cannot reach redis"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_demo_flags_exit_2() {
+    let run = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ticketrush"));
+        cmd.arg("demo").args(args).env_remove("TICKETRUSH_LOG");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run ticketrush");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (&["--users", "0"], "--users"),
+        (&["--users", "100000001"], "--users"),
+        (&["--tickets", "0"], "--tickets"),
+        (&["--tickets", "1000000001"], "--tickets"),
+        (&["--nodes", "0"], "--nodes"),
+        (&["--nodes", "17"], "--nodes"),
+        (&["--connections", "0"], "--connections"),
+        (&["--connections", "10001"], "--connections"),
+        (&["--max-seconds", "0"], "--max-seconds"),
+        (&["--redis", "http://127.0.0.1:6379"], "redis://"),
+        (
+            &["--redis", "redis://127.0.0.1:1", "--data-dir", "d"],
+            "--data-dir",
+        ),
+        (&["--no-such-flag"], "--no-such-flag"),
+    ];
+    for (args, needle) in cases {
+        let (code, stderr) = run(args, None);
+        assert_eq!(code, Some(2), "{args:?} should exit 2; stderr: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // Every flag reads TICKETRUSH_<FLAG> too, with the same bounds.
+    let (code, stderr) = run(&[], Some(("TICKETRUSH_NODES", "17")));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--nodes"), "{stderr}");
+}
