@@ -30,6 +30,7 @@ use ticketrush_core::{
 use tokio::sync::watch;
 
 use crate::journal;
+use crate::orders_table::OrdersTable;
 use crate::{BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
 
 /// Most journal bytes waiting for the writer. The writer drains in one fsync what arrived
@@ -46,6 +47,8 @@ pub enum OpenError {
     Io { dir: PathBuf, source: io::Error },
     #[error("data dir {0} is in use by another ticketrush process")]
     Locked(PathBuf),
+    #[error("cannot open the orders table in {dir}: {reason}")]
+    Orders { dir: PathBuf, reason: String },
     #[error("journal {path} is damaged at event {index}: {reason}")]
     Corrupt {
         path: PathBuf,
@@ -80,11 +83,15 @@ struct Shared {
     wake: Condvar,
     /// The sequence number durable on disk, published by the writer after each fsync.
     durable: watch::Sender<u64>,
+    /// The journal's length in bytes that is durable: how far the orders table may read.
+    durable_bytes: watch::Sender<u64>,
 }
 
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
+    /// The orders table in the data dir, following the journal (stopped after the writer).
+    orders: Option<OrdersTable>,
     /// Held for the store's lifetime: the advisory lock that keeps a second process out.
     _lock: File,
 }
@@ -166,20 +173,45 @@ impl EmbeddedStore {
             }),
             wake: Condvar::new(),
             durable: watch::Sender::new(0),
+            durable_bytes: watch::Sender::new(replay.good_len + buf.len() as u64),
         });
+        let orders =
+            OrdersTable::start(dir, &path, shared.durable_bytes.subscribe()).map_err(|e| {
+                OpenError::Orders {
+                    dir: dir.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
         let writer = {
             let shared = shared.clone();
+            let offset = replay.good_len + buf.len() as u64;
             std::thread::Builder::new()
                 .name("journal-writer".into())
-                .spawn(move || write_loop(&shared, file))
+                .spawn(move || write_loop(&shared, file, offset))
                 .map_err(io_err)?
         };
         let store = EmbeddedStore {
             shared,
             writer: Some(writer),
+            orders: Some(orders),
             _lock: lock,
         };
         Ok((store, recovery))
+    }
+
+    /// The rows of a sale in the embedded orders table, once it holds everything durable now
+    /// (waiting up to `within`). `None` if it did not catch up in time.
+    pub fn order_rows(
+        &self,
+        sale: &SaleId,
+        within: std::time::Duration,
+    ) -> Result<Option<Vec<Reservation>>, String> {
+        let orders = self.orders.as_ref().expect("open until dropped");
+        let durable = *self.shared.durable_bytes.borrow();
+        if !orders.wait_caught_up(durable, within) {
+            return Ok(None);
+        }
+        orders.rows_of(sale).map(Some).map_err(|e| e.to_string())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -243,11 +275,14 @@ impl Drop for EmbeddedStore {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        if let Some(mut o) = self.orders.take() {
+            o.stop();
+        }
     }
 }
 
 /// The journal writer: waits for pending frames, writes them, fsyncs, publishes.
-fn write_loop(shared: &Shared, mut file: File) {
+fn write_loop(shared: &Shared, mut file: File, mut offset: u64) {
     loop {
         let (buf, seq) = {
             let mut st = shared.state.lock().expect("ledger lock poisoned");
@@ -263,7 +298,9 @@ fn write_loop(shared: &Shared, mut file: File) {
             tracing::error!(error = %e, "journal write failed; aborting so a restart replays the journal as it is on disk");
             std::process::abort();
         }
+        offset += buf.len() as u64;
         shared.durable.send_replace(seq);
+        shared.durable_bytes.send_replace(offset);
     }
 }
 

@@ -40,7 +40,8 @@ pub fn read_all(file: &mut File) -> io::Result<Replay> {
     Ok(decode_all(&bytes))
 }
 
-fn decode_all(bytes: &[u8]) -> Replay {
+/// Decodes whole frames from the start of `bytes` (a slice of a journal starting at a frame).
+pub fn decode_all(bytes: &[u8]) -> Replay {
     let mut events = Vec::new();
     let mut at = 0usize;
     while let Some((event, next)) = decode_one(bytes, at) {

@@ -12,6 +12,7 @@
 
 pub mod embedded;
 pub mod journal;
+pub mod orders_table;
 pub mod redis_store;
 
 use std::future::Future;

@@ -110,7 +110,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => {
             let (store, _) = EmbeddedStore::open(dir)
                 .with_context(|| format!("cannot open the store in {}", dir.display()))?;
-            audit_store(&store, &args.sale, None).await?
+            audit_embedded(&store, &args.sale, Duration::from_secs(args.wait_seconds)).await?
         }
         (None, None) => {
             bail!("give the store to audit: --redis URL [--postgres URL] or --data-dir DIR")
@@ -174,6 +174,28 @@ async fn audit_store(
         None => None,
     };
     Ok(audit_sale(&snap.view, &snap.reservations, rows.as_deref()))
+}
+
+/// Audits an embedded store against its own orders table (SQLite in the data dir), once the
+/// table holds everything durable (waiting up to `within`).
+pub(crate) async fn audit_embedded(
+    store: &EmbeddedStore,
+    sale: &SaleId,
+    within: Duration,
+) -> anyhow::Result<AuditReport> {
+    let snap = store
+        .snapshot(sale)
+        .await?
+        .with_context(|| format!("no sale {sale}"))?;
+    let rows = tokio::task::block_in_place(|| store.order_rows(sale, within))
+        .map_err(|e| anyhow::anyhow!("cannot read the orders table: {e}"))?;
+    let mut report = audit_sale(&snap.view, &snap.reservations, rows.as_deref());
+    if rows.is_none() {
+        report.note_violation(format!(
+            "the orders table did not catch up with the journal within {within:?}"
+        ));
+    }
+    Ok(report)
 }
 
 fn print_report(sale: &SaleId, r: &AuditReport) {

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::support::{wait_until, Client, TempDir, ADMIN_TOKEN};
 
 /// The real `ticketrush serve` on a free port; answers the child and a client for it.
-async fn spawn_node(dir: &Path) -> (Child, Client) {
+pub(crate) async fn spawn_node(dir: &Path) -> (Child, Client) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ticketrush"))
         .args([
             "serve",

@@ -1,0 +1,293 @@
+//! The embedded store's orders table: API.md's `orders` shape in SQLite, in the data dir.
+//!
+//! On one machine the journal is the event log, as the Redis Streams are in cluster mode, and
+//! this is its order writer: a thread (`orders-writer`) that reads the journal file up to the
+//! point the journal writer has made durable, turns reservation events into rows and writes
+//! each chunk in one SQLite transaction together with the journal offset it reached. The offset
+//! and the rows commit together, so a crash anywhere replays exactly what is missing; rows are
+//! never written for events that are not yet durable, so a power loss cannot leave a row
+//! without its reservation. Sales never wait for it.
+//!
+//! Times are RFC 3339 text in UTC (SQLite has no `timestamptz`), so the same queries (counts by
+//! state, rows of a sale) and the same audit work as on PostgreSQL.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use ticketrush_core::{
+    Event, Reservation, ReservationId, ReservationState, SaleId, UnixMs, UserId,
+};
+use tokio::sync::watch;
+
+use crate::journal;
+
+pub const ORDERS_FILE: &str = "orders.sqlite";
+
+/// Most journal bytes read and written in one transaction.
+const CHUNK_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Wait between looks at the durable point when there is nothing new.
+const POLL: Duration = Duration::from_millis(20);
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS orders (
+    reservation_id text PRIMARY KEY,
+    sale_id text NOT NULL,
+    user_id text NOT NULL,
+    state text NOT NULL CHECK (state IN ('reserved', 'paid', 'cancelled', 'expired')),
+    created_at text NOT NULL,
+    expires_at text NOT NULL,
+    paid_at text,
+    updated_at text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_sale_id ON orders (sale_id);
+CREATE TABLE IF NOT EXISTS orders_progress (id integer PRIMARY KEY CHECK (id = 1), journal_offset integer NOT NULL);
+";
+
+/// The running orders writer of an embedded store.
+pub struct OrdersTable {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    /// Journal bytes written into the table so far.
+    written: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OrdersTable {
+    /// Opens (or creates) the table in `dir` and starts following `journal` up to `durable`.
+    pub fn start(
+        dir: &Path,
+        journal: &Path,
+        durable: watch::Receiver<u64>,
+    ) -> rusqlite::Result<OrdersTable> {
+        let path = dir.join(ORDERS_FILE);
+        let conn = Connection::open(&path)?;
+        conn.execute_batch(SCHEMA)?;
+        let mut offset: u64 = conn
+            .query_row("SELECT journal_offset FROM orders_progress", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map_or(0, |o| o.max(0) as u64);
+        let journal_len = std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0);
+        if offset > journal_len {
+            // A journal shorter than what was written from it is another journal: start over.
+            tracing::warn!(
+                offset,
+                journal_len,
+                "orders table ahead of the journal; rebuilding it"
+            );
+            conn.execute_batch("DELETE FROM orders; DELETE FROM orders_progress;")?;
+            offset = 0;
+        }
+        let file = File::open(journal)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(offset));
+        let follower = Follower {
+            conn,
+            file,
+            offset,
+            durable,
+            stop: stop.clone(),
+            written: written.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("orders-writer".into())
+            .spawn(move || follower.run())
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(OrdersTable {
+            path,
+            stop,
+            written,
+            thread: Some(thread),
+        })
+    }
+
+    /// Journal bytes whose rows are written.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Every row of a sale, read on a connection of its own.
+    pub fn rows_of(&self, sale: &SaleId) -> rusqlite::Result<Vec<Reservation>> {
+        let conn = Connection::open(&self.path)?;
+        let mut stmt = conn.prepare(
+            "SELECT reservation_id, user_id, state, created_at, expires_at, paid_at, updated_at \
+             FROM orders WHERE sale_id = ?1",
+        )?;
+        let rows = stmt.query_map([sale.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        let bad =
+            |what: &str| rusqlite::Error::InvalidColumnName(format!("order row with a bad {what}"));
+        let time = |s: &str| UnixMs::parse_rfc3339(s).map_err(|_| bad("time"));
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, user, state, created, expires, paid, updated) = row?;
+            out.push(Reservation {
+                id: ReservationId::parse(&id).map_err(|_| bad("reservation_id"))?,
+                sale_id: sale.clone(),
+                user_id: UserId::parse(&user).map_err(|_| bad("user_id"))?,
+                state: parse_state(&state).ok_or_else(|| bad("state"))?,
+                created_at: time(&created)?,
+                expires_at: time(&expires)?,
+                paid_at: paid.as_deref().map(time).transpose()?,
+                updated_at: time(&updated)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Waits (bounded) until the rows of everything durable up to `durable_bytes` are written.
+    pub fn wait_caught_up(&self, durable_bytes: u64, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.written() < durable_bytes {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        }
+        true
+    }
+
+    /// Writes what is durable, then stops the thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for OrdersTable {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn parse_state(s: &str) -> Option<ReservationState> {
+    Some(match s {
+        "reserved" => ReservationState::Reserved,
+        "paid" => ReservationState::Paid,
+        "cancelled" => ReservationState::Cancelled,
+        "expired" => ReservationState::Expired,
+        _ => return None,
+    })
+}
+
+struct Follower {
+    conn: Connection,
+    file: File,
+    offset: u64,
+    durable: watch::Receiver<u64>,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+}
+
+impl Follower {
+    fn run(mut self) {
+        loop {
+            let durable = *self.durable.borrow();
+            if self.offset < durable {
+                if let Err(e) = self.write_chunk(durable) {
+                    // The table is a copy of the journal: a failure costs a retry, not a sale.
+                    tracing::warn!(error = %e, "orders table write failed; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                continue;
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn write_chunk(&mut self, durable: u64) -> Result<(), Box<dyn std::error::Error>> {
+        let len = (durable - self.offset).min(CHUNK_BYTES_MAX);
+        let mut bytes = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut bytes, self.offset)?;
+        let replay = journal::decode_all(&bytes);
+        if replay.good_len == 0 {
+            return Err(format!("no whole frame at journal offset {}", self.offset).into());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmts = Statements {
+                insert: tx.prepare(
+                    "INSERT OR IGNORE INTO orders VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, NULL, ?6)",
+                )?,
+                settle: tx.prepare(
+                    "UPDATE orders SET state = ?2, paid_at = ?3, updated_at = ?4 \
+                     WHERE reservation_id = ?1 AND state = 'reserved'",
+                )?,
+            };
+            for ev in &replay.events {
+                stmts.apply(ev)?;
+            }
+        }
+        let next = self.offset + replay.good_len;
+        tx.execute(
+            "INSERT INTO orders_progress (id, journal_offset) VALUES (1, ?1) \
+             ON CONFLICT (id) DO UPDATE SET journal_offset = excluded.journal_offset",
+            params![next as i64],
+        )?;
+        tx.commit()?;
+        self.offset = next;
+        self.written.store(next, Ordering::Release);
+        Ok(())
+    }
+}
+
+struct Statements<'t> {
+    insert: rusqlite::Statement<'t>,
+    settle: rusqlite::Statement<'t>,
+}
+
+impl Statements<'_> {
+    /// One event's effect on the rows. The journal is ordered, so a reservation's row exists
+    /// before any event that settles it.
+    fn apply(&mut self, ev: &Event) -> rusqlite::Result<()> {
+        let (id, state, at) = match ev {
+            Event::Reserved { reservation: r, .. } => {
+                self.insert.execute(params![
+                    r.id.as_str(),
+                    r.sale_id.as_str(),
+                    r.user_id.as_str(),
+                    r.created_at.to_rfc3339(),
+                    r.expires_at.to_rfc3339(),
+                    r.updated_at.to_rfc3339(),
+                ])?;
+                return Ok(());
+            }
+            Event::Paid { id, at, .. } => (id, ReservationState::Paid, at),
+            Event::Cancelled { id, at, .. } => (id, ReservationState::Cancelled, at),
+            Event::Expired { id, at, .. } => (id, ReservationState::Expired, at),
+            _ => return Ok(()),
+        };
+        let paid_at = (state == ReservationState::Paid).then(|| at.to_rfc3339());
+        self.settle.execute(params![
+            id.as_str(),
+            state.as_str(),
+            paid_at,
+            at.to_rfc3339()
+        ])?;
+        Ok(())
+    }
+}
