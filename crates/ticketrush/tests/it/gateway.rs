@@ -315,6 +315,59 @@ async fn gateway_never_sends_a_request_that_reached_a_node_to_a_second_one() {
     );
 }
 
+/// A minimal keep-alive HTTP/1.1 "node": answers every GET with 200 `ok` on the same
+/// connection; counts the connections it was given.
+async fn counting_node() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer =
+                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-node-id: counted\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn gateway_keeps_its_connections_to_a_node_alive() {
+    let (addr, accepted) = counting_node().await;
+    let gw = start_gateway(vec![NodeSpec { addr, weight: 1 }], Duration::from_secs(10)).await;
+    let ids = sequential_node_ids(&gw.client, 100).await;
+    assert!(ids.iter().all(|id| id == "counted"));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a sequential client needs one upstream connection"
+    );
+    // Ten clients at once: at most ten upstream connections, reused.
+    concurrent_node_ids(&gw.client, 200, 10).await;
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(
+        n <= 11,
+        "{n} upstream connections for 10 concurrent clients"
+    );
+}
+
 #[test]
 fn gateway_and_nginx_conf_refuse_bad_flags_with_exit_2() {
     let cases: &[(&[&str], &str)] = &[
