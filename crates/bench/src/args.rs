@@ -27,6 +27,8 @@ pub const GIVE_UP_SECONDS_MAX: u64 = 60;
 pub const TIMEOUT_MS_MAX: u64 = 60_000;
 /// Longest `Retry-After` the generator honours; a larger one is cut to this.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(10);
+/// Most generator threads.
+pub const THREADS_MAX: u64 = 256;
 /// Most targets.
 pub const TARGETS_MAX: usize = 1_024;
 
@@ -92,6 +94,11 @@ pub struct Args {
     #[arg(long, env = "TICKETRUSH_CONNECTIONS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_MAX))]
     pub connections: u64,
+    /// Generator threads, each with its own runtime and its share of the connections
+    /// (default: one per core).
+    #[arg(long, env = "TICKETRUSH_THREADS",
+          value_parser = clap::value_parser!(u64).range(1..=THREADS_MAX))]
+    pub threads: Option<u64>,
     /// Which endpoint the users call.
     #[arg(long, env = "TICKETRUSH_ENDPOINT", value_enum, default_value_t = Endpoint::Reservations)]
     pub endpoint: Endpoint,
@@ -140,6 +147,7 @@ impl Args {
             sale,
             users,
             connections: 100,
+            threads: None,
             endpoint: Endpoint::Reservations,
             pay_ratio: 0.0,
             retries: 3,
@@ -164,6 +172,12 @@ impl Args {
         }
         if !(1..=CONNECTIONS_MAX).contains(&self.connections) {
             return Err(format!("--connections must be 1 to {CONNECTIONS_MAX}"));
+        }
+        if self
+            .threads
+            .is_some_and(|t| !(1..=THREADS_MAX).contains(&t))
+        {
+            return Err(format!("--threads must be 1 to {THREADS_MAX}"));
         }
         if self.retries > RETRIES_MAX {
             return Err(format!("--retries must be 0 to {RETRIES_MAX}"));

@@ -14,7 +14,7 @@ const WIDTH: f64 = 900.0;
 const PANEL_HEIGHT: f64 = 180.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 50.0;
+const TOP: f64 = 80.0;
 const GAP: f64 = 50.0;
 
 struct Panel<'a> {
@@ -28,6 +28,10 @@ struct Panel<'a> {
 /// The SVG document for `report`.
 pub fn svg(report: &Report) -> String {
     let t = &report.timeline;
+    let stock_title = match report.last_success_s {
+        Some(s) => format!("remaining stock, read once a second (last success at {s:.2} s)"),
+        None => "remaining stock, read once a second".to_string(),
+    };
     let panels = [
         Panel {
             title: "throughput",
@@ -46,7 +50,7 @@ pub fn svg(report: &Report) -> String {
             points: series(t, |p| (p.requests > 0).then_some(p.p99_ms)),
         },
         Panel {
-            title: "remaining stock (sale's available)",
+            title: &stock_title,
             unit: "tickets",
             colour: "#2ca02c",
             points: series(t, |p| p.available.map(|a| a as f64)),
@@ -62,13 +66,22 @@ pub fn svg(report: &Report) -> String {
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{LEFT}" y="24" font-size="15">ticketrush bench: sale {} — {} users, {} connections, {:.0} req/s, p99 {:.2} ms, succeeded {}</text>"#,
+        r#"<text x="{LEFT}" y="24" font-size="15">ticketrush bench: sale {}, {} users, {} connections</text>"#,
         escape(&report.sale),
         report.users,
         report.connections,
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{LEFT}" y="44">{} requests in {:.1} s: {:.0} req/s, p99 {:.2} ms; succeeded {}, sold out {}, errors {}; check {}</text>"#,
+        report.requests,
+        report.duration_s,
         report.rps,
         report.latency_ms.p99,
-        report.succeeded
+        report.succeeded,
+        report.sold_out,
+        report.errors,
+        report.check.verdict
     );
     for (i, p) in panels.iter().enumerate() {
         let top = TOP + i as f64 * (PANEL_HEIGHT + GAP);

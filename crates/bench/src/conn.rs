@@ -65,6 +65,8 @@ pub struct ConnResult {
     pub by_node: HashMap<HeaderValue, u64>,
     /// This task stopped because its target did not answer for `--give-up-seconds`.
     pub gave_up_on_target: bool,
+    /// When, since the run started, this task's last success was answered.
+    pub last_success: Option<Duration>,
 }
 
 /// Outcome counts. `requests` is the sum of the four outcomes.
@@ -182,6 +184,7 @@ pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> Con
             counts: Counts::default(),
             by_node: HashMap::new(),
             gave_up_on_target: false,
+            last_success: None,
         },
     };
     conn.drive().await;
@@ -313,6 +316,7 @@ impl Conn<'_> {
             matches!(o, Outcome::Won),
         );
         if let Outcome::Won = o {
+            self.out.last_success = Some(done.saturating_duration_since(self.shared.started));
             let node = a
                 .node
                 .clone()

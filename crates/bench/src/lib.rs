@@ -92,9 +92,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 /// Starts the connection tasks and the helpers, and waits for the connections. Answers their
 /// results and whether `--max-seconds` stopped them.
 async fn drive(shared: &Arc<Shared>, connections: u64) -> anyhow::Result<(Vec<ConnResult>, bool)> {
-    let tasks: Vec<_> = (0..connections as usize)
-        .map(|i| tokio::spawn(conn::run_connection(shared.clone(), i)))
-        .collect();
+    let threads = shared
+        .args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
+        .clamp(1, connections);
+    let workers: Vec<_> = (0..threads as usize)
+        .map(|t| spawn_thread(shared.clone(), t, threads as usize))
+        .collect::<anyhow::Result<_>>()?;
     let timed_out = Arc::new(AtomicBool::new(false));
     let timer = {
         let (shared, timed_out) = (shared.clone(), timed_out.clone());
@@ -108,9 +113,9 @@ async fn drive(shared: &Arc<Shared>, connections: u64) -> anyhow::Result<(Vec<Co
     let bar = show_bar.then(|| tokio::spawn(progress::bar(shared.clone())));
     let sampler =
         (!shared.args.no_check).then(|| tokio::spawn(progress::sample_stock(shared.clone())));
-    let mut results = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        results.push(t.await.context("a connection task failed")?);
+    let mut results = Vec::with_capacity(connections as usize);
+    for w in workers {
+        results.extend(w.await.context("a generator thread failed")?);
     }
     timer.abort();
     for t in [bar, sampler].into_iter().flatten() {
@@ -121,6 +126,43 @@ async fn drive(shared: &Arc<Shared>, connections: u64) -> anyhow::Result<(Vec<Co
         progress::clear();
     }
     Ok((results, timed_out.load(Ordering::Relaxed)))
+}
+
+/// Generator thread `t` of `n`: its own single-threaded runtime running connections `t`,
+/// `t + n`, … to their end, like wrk's threads each with their own event loop. One runtime per
+/// core spares every request the multi-threaded scheduler's cross-thread wake-ups (the I/O
+/// driver of one thread waking a task on the other), which was a visible share of the
+/// generator's CPU on two cores. Answers the connections' results when they are done.
+fn spawn_thread(
+    shared: Arc<Shared>,
+    t: usize,
+    n: usize,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<Vec<ConnResult>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let connections = shared.progress.len();
+    std::thread::Builder::new()
+        .name(format!("bench-{t}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime builds");
+            let results = runtime.block_on(async {
+                let tasks: Vec<_> = (t..connections)
+                    .step_by(n)
+                    .map(|i| tokio::spawn(conn::run_connection(shared.clone(), i)))
+                    .collect();
+                let mut results = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    // A panicking task drops `tx` unanswered: the caller reports the failure.
+                    results.push(task.await.expect("a connection task panicked"));
+                }
+                results
+            });
+            let _ = tx.send(results);
+        })
+        .context("cannot start a generator thread")?;
+    Ok(rx)
 }
 
 fn told(results: &[ConnResult]) -> check::Told {
@@ -148,6 +190,7 @@ fn build_report(
     let mut latency = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
     let mut by_node = BTreeMap::new();
     let mut gave_up_on_target = false;
+    let mut last_success = None;
     for r in &results {
         counts.add(&r.counts);
         // The tasks count in u32 (half the memory); the merged histogram counts in u64.
@@ -157,6 +200,7 @@ fn build_report(
                 .context("merging histograms")?;
         }
         gave_up_on_target |= r.gave_up_on_target;
+        last_success = last_success.max(r.last_success);
         for (node, n) in &r.by_node {
             let name = String::from_utf8_lossy(node.as_bytes()).into_owned();
             *by_node.entry(name).or_insert(0) += n;
@@ -190,6 +234,7 @@ fn build_report(
         duration_s,
         rps: requests as f64 / duration_s,
         latency_ms: Latency::of(&latency),
+        last_success_s: last_success.map(|d| d.as_secs_f64()),
         by_node,
         payments: Payments {
             attempted: counts.pay_attempted,

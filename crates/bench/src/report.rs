@@ -96,6 +96,8 @@ pub struct Report {
     pub duration_s: f64,
     pub rps: f64,
     pub latency_ms: Latency,
+    /// Seconds from the start to the last success (for a sale: when the last ticket went).
+    pub last_success_s: Option<f64>,
     /// Which node (`X-Node-Id`) answered each success.
     pub by_node: BTreeMap<String, u64>,
     pub payments: Payments,
