@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The article's sale in one run, all on loopback, everything stopped at the end:
-#   1. the hello-world ceiling (`ticketrush ceiling`) loaded by wrk (bench/reserve.lua),
+#   1. the hello-world ceiling (`ticketrush ceiling`) loaded by wrk (bench/reserve.lua), and
 #   2. the same ceiling loaded by our generator (`ticketrush bench --no-check`), same
 #      connections, the same kind of request: is the generator at least as fast as wrk?
+#      (1 and 2 alternate ROUNDS times; the medians are compared)
 #   3. one node (`ticketrush serve`, embedded store) and the article's sale: USERS distinct
 #      users, TICKETS tickets, our generator, with the check and the chart (CHART).
 # Prints each, then the sale as a ratio to the ceiling measured by the same generator.
@@ -14,6 +15,7 @@ TICKETS=${TICKETS:-10000}
 CONNS=${CONNS:-100}
 SECONDS_RUN=${SECONDS_RUN:-10}
 PORT=${PORT:-18182}
+ROUNDS=${ROUNDS:-3}
 CHART=${CHART:-docs/article-sale.svg}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 1; }
 cargo build --release -q -p ticketrush
@@ -26,18 +28,26 @@ wait_port() { for _ in $(seq 100); do curl -sf "$URL/healthz" >/dev/null 2>&1 &&
 field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
 p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
 
-echo "== 1. ceiling, wrk -t2 -c$CONNS -d${SECONDS_RUN}s"
+# The two generators against the ceiling, interleaved ROUNDS times (the machine is shared, so
+# its load drifts): wrk for SECONDS_RUN, then bench with USERS users. Each line also gives the
+# generator's own CPU time (user + system) per request.
 $BIN ceiling --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
 CEIL=$!
 wait_port
-wrk -t2 -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$URL" -- ceiling | tee "$OUT/wrk.txt"
-
-echo "== 2. ceiling, ticketrush bench --users $USERS --connections $CONNS --no-check"
-$BIN bench --target "$URL" --sale ceiling --users "$USERS" --connections "$CONNS" --no-check \
-  --quiet --json "$OUT/ceiling.json"
+for round in $(seq "$ROUNDS"); do
+  echo "== ceiling round $round: wrk -t2 -c$CONNS -d${SECONDS_RUN}s"
+  /usr/bin/time -f "%U %S" -o "$OUT/wrk-$round.cpu" \
+    wrk -t2 -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$URL" -- ceiling \
+    > "$OUT/wrk-$round.txt"
+  grep -E "Requests/sec|requests in|  99%" "$OUT/wrk-$round.txt"
+  echo "== ceiling round $round: ticketrush bench --users $USERS --connections $CONNS --no-check"
+  /usr/bin/time -f "%U %S" -o "$OUT/gen-$round.cpu" \
+    $BIN bench --target "$URL" --sale ceiling --users "$USERS" --connections "$CONNS" \
+    --no-check --quiet --json "$OUT/ceiling-$round.json" | grep -E "requests|latency"
+done
 kill "$CEIL"; wait "$CEIL" 2>/dev/null || true
 
-echo "== 3. the article's sale: one node, $TICKETS tickets, $USERS users"
+echo "== the article's sale: one node, $TICKETS tickets, $USERS users"
 $BIN serve --listen "127.0.0.1:$PORT" --data-dir "$OUT/node" --admin-token bench \
   --sale "article:$TICKETS" --log warn >/dev/null &
 NODE=$!
@@ -49,16 +59,26 @@ $BIN bench --target "$URL" --sale article --users "$USERS" --connections "$CONNS
 echo "== node RSS after the sale (KiB): $(ps -o rss= -p "$NODE")"
 kill "$NODE"; wait "$NODE" 2>/dev/null || true
 
-wrk_rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.txt")
-wrk_p99=$(awk '$1=="99%" {print $2}' "$OUT/wrk.txt")
-gen_rps=$(field "$OUT/ceiling.json" rps)
 sale_rps=$(field "$OUT/sale.json" rps)
-echo "== summary"
-echo "ceiling, wrk:             rps $wrk_rps  p99 $wrk_p99"
-echo "ceiling, ticketrush bench: rps $gen_rps  p99 $(p99 "$OUT/ceiling.json") ms"
-echo "sale,    ticketrush bench: rps $sale_rps  p99 $(p99 "$OUT/sale.json") ms" \
+echo "== summary (ceiling: median of $ROUNDS rounds; CPU: the generator's user+sys µs per request)"
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+cpu_us() { awk -v n="$2" '{printf "%.1f\n", ($1 + $2) * 1e6 / n}' "$1"; }
+for round in $(seq "$ROUNDS"); do
+  w=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk-$round.txt")
+  wn=$(awk '/requests in/ {print $1}' "$OUT/wrk-$round.txt")
+  g=$(field "$OUT/ceiling-$round.json" rps)
+  gn=$(field "$OUT/ceiling-$round.json" requests)
+  echo "round $round: wrk $w req/s ($(cpu_us "$OUT/wrk-$round.cpu" "$wn") µs CPU/req)," \
+    "bench $g req/s ($(cpu_us "$OUT/gen-$round.cpu" "$gn") µs CPU/req)"
+  echo "$w" >> "$OUT/wrk.all"; echo "$g" >> "$OUT/gen.all"
+done
+wrk_rps=$(median < "$OUT/wrk.all")
+gen_rps=$(median < "$OUT/gen.all")
+echo "ceiling, wrk (median):   rps $wrk_rps"
+echo "ceiling, bench (median): rps $gen_rps"
+echo "sale, bench:             rps $sale_rps  p99 $(p99 "$OUT/sale.json") ms" \
   "(succeeded $(field "$OUT/sale.json" succeeded), sold_out $(field "$OUT/sale.json" sold_out)," \
-  "errors $(field "$OUT/sale.json" errors))"
+  "errors $(field "$OUT/sale.json" errors), last success at $(field "$OUT/sale.json" last_success_s) s)"
 awk -v g="$gen_rps" -v w="$wrk_rps" -v s="$sale_rps" 'BEGIN {
   printf "generator/wrk on the ceiling %.3f\nsale/ceiling (same generator) %.3f\n", g / w, s / g }'
 echo "chart: $CHART; bench exit status $status (0: the check passed)"

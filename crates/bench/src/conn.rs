@@ -12,14 +12,14 @@
 //! error, and the connection is opened again with a backoff; a task whose target has not
 //! answered anything for `--give-up-seconds` stops, so a dead target ends the run by itself.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request, Uri};
 
@@ -62,7 +62,8 @@ pub struct Shared {
 pub struct ConnResult {
     pub latency_us: Histogram<u32>,
     pub counts: Counts,
-    pub by_node: HashMap<HeaderValue, u64>,
+    /// Successes per `X-Node-Id`: a short list (a handful of nodes), the last hit first.
+    pub by_node: Vec<(HeaderValue, u64)>,
     /// This task stopped because its target did not answer for `--give-up-seconds`.
     pub gave_up_on_target: bool,
     /// When, since the run started, this task's last success was answered.
@@ -182,7 +183,7 @@ pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> Con
             latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
                 .expect("valid histogram bounds"),
             counts: Counts::default(),
-            by_node: HashMap::new(),
+            by_node: Vec::new(),
             gave_up_on_target: false,
             last_success: None,
         },
@@ -317,11 +318,7 @@ impl Conn<'_> {
         );
         if let Outcome::Won = o {
             self.out.last_success = Some(done.saturating_duration_since(self.shared.started));
-            let node = a
-                .node
-                .clone()
-                .unwrap_or_else(|| HeaderValue::from_static("(none)"));
-            *self.out.by_node.entry(node).or_insert(0) += 1;
+            tally(&mut self.out.by_node, a.node.as_ref());
         }
         self.bump(o);
     }
@@ -494,6 +491,22 @@ impl Link {
     }
 }
 
+/// Counts one success of `node` (or of "(none)"): the node found is moved to the front, so a
+/// run against one node compares one header per success. Bounded by the number of distinct
+/// node names, a handful.
+fn tally(by_node: &mut Vec<(HeaderValue, u64)>, node: Option<&HeaderValue>) {
+    let none = HeaderValue::from_static("(none)");
+    let node = node.unwrap_or(&none);
+    match by_node.iter().position(|(n, _)| n == node) {
+        Some(0) => by_node[0].1 += 1,
+        Some(i) => {
+            by_node[i].1 += 1;
+            by_node.swap(0, i);
+        }
+        None => by_node.insert(0, (node.clone(), 1)),
+    }
+}
+
 /// Sends one request and reads the whole answer (bounded).
 async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>) -> anyhow::Result<Answer> {
     sender.ready().await?;
@@ -509,16 +522,41 @@ async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>) -> anyhow::Res
     } else {
         Duration::ZERO
     };
-    let body = Limited::new(resp.into_body(), BODY_BYTES_MAX)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
-        .to_bytes();
+    let body = read_body(resp.into_body()).await?;
     Ok(Answer {
         status,
         node,
         retry_after,
         body,
+    })
+}
+
+/// The whole body, at most `BODY_BYTES_MAX`. A one-frame body (every answer of ours) is kept
+/// as it came, without the list and copy of `collect`.
+async fn read_body(mut body: hyper::body::Incoming) -> anyhow::Result<Bytes> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+        if first.as_ref().map_or(0, Bytes::len).max(rest.len()) > BODY_BYTES_MAX {
+            anyhow::bail!("an answer body over {BODY_BYTES_MAX} bytes");
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(rest)
     })
 }
 
