@@ -8,7 +8,10 @@
 #   4. with PG=1 (default): the order writer. The nodes of step 2 run with --postgres, and the
 #      writers' lag is sampled during the sale; then a backlog of TICKETS reservations made
 #      while no writer runs is drained by one `order-writer`: rows per second.
-# Redis calls per reservation come from Redis's own INFO commandstats.
+# Redis calls per reservation: the round trips the nodes count (ticketrush_store_round_trips_total,
+# every script call and plain command, reaper and lease keeper included), cross-checked with
+# the EVALSHA calls Redis itself counts (INFO commandstats; commands run inside scripts are
+# counted there too, so only EVALSHA is comparable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-3}
@@ -36,7 +39,12 @@ rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
 p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
 wait_url() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
-calls() { rcli INFO commandstats | sed -n 's/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p' | awk '{s+=$1} END {print s+0}'; }
+evalsha() { rcli INFO commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p'; }
+# Sum of a counter over the nodes' /metrics.
+metric() {
+  for i in $(seq "$NODES"); do curl -s "http://127.0.0.1:$((BASE + i))/metrics"; done |
+    awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'
+}
 targets() { for i in $(seq "$NODES"); do printf -- "--target http://127.0.0.1:%d " $((BASE + i)); done; }
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$OUT" --appendonly yes \
@@ -66,7 +74,8 @@ sell() {
   for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
   curl -sf -X POST "http://127.0.0.1:$((BASE + 1))/api/v1/sales" -H 'Content-Type: application/json' \
     -H 'Authorization: Bearer bench' -d "{\"id\":\"$name\",\"total\":$TICKETS,\"per_user_limit\":1}" >/dev/null
-  local before; before=$(calls)
+  local before; before=$(metric ticketrush_store_round_trips_total)
+  local ev_before; ev_before=$(evalsha)
   local lag_max=0
   ( while sleep 0.5; do
       curl -s "http://127.0.0.1:$((BASE + 1))/metrics" | sed -n 's/^ticketrush_orders_lag_entries \([0-9]*\)$/\1/p'
@@ -77,12 +86,16 @@ sell() {
   $BIN bench $(targets) --sale "$name" --users "$USERS" --connections "$CONNS" --quiet \
     --json "$OUT/$name.json" || status=$?
   kill "$sampler" 2>/dev/null || true
-  local after; after=$(calls)
+  local after; after=$(metric ticketrush_store_round_trips_total)
+  local ev_after; ev_after=$(evalsha)
+  local batches; batches=$(metric ticketrush_store_batches_total)
+  local items; items=$(metric ticketrush_store_batch_items_total)
   local won; won=$(field "$OUT/$name.json" succeeded)
   lag_max=$(sort -n "$OUT/$name.lag" | tail -1); lag_max=${lag_max:-n/a}
   echo "$name: rps $(field "$OUT/$name.json" rps), reserved $won, p99 $(p99 "$OUT/$name.json") ms," \
     "errors $(field "$OUT/$name.json" errors), check exit $status"
-  awk -v c=$((after - before)) -v w="$won" 'BEGIN { printf "  redis calls %d, per reservation %.3f\n", c, c / w }'
+  awk -v c=$((after - before)) -v e=$((ev_after - ev_before)) -v w="$won" -v b="$batches" -v i="$items" 'BEGIN {
+    printf "  redis round trips %d, per reservation %.3f (EVALSHA seen by redis: %d); batches %d of %.1f on average\n", c, c / w, e, b, i / b }'
   if [ "$PG" = 1 ] && [ "$name" = batched ]; then
     echo "  order writer lag during the sale: max $lag_max entries (sampled every 0.5 s on node 1)"
     local t0; t0=$(date +%s.%N)

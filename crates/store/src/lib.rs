@@ -127,6 +127,12 @@ pub trait Store: Send + Sync + 'static {
     /// sale keeps changing.
     fn snapshot<'a>(&'a self, sale_id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<Snapshot>>>;
 
+    /// Round trips made to a store across a network so far (`None` for the embedded store):
+    /// `/metrics` shows it, so calls per reservation can be measured.
+    fn round_trips(&self) -> Option<u64> {
+        None
+    }
+
     /// Answers whether the store can serve: `/readyz`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

@@ -676,6 +676,10 @@ impl Store for RedisStore {
         Box::pin(self.do_snapshot(sale_id))
     }
 
+    fn round_trips(&self) -> Option<u64> {
+        Some(self.calls())
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();

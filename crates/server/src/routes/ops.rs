@@ -32,11 +32,19 @@ pub async fn readyz(State(node): NodeState) -> Response {
 
 pub async fn metrics(State(node): NodeState) -> Response {
     let runtimes = node.runtimes();
-    let text = node.metrics.render(
+    let mut text = node.metrics.render(
         runtimes
             .iter()
             .map(|rt| (rt.spec.id.as_str(), &rt.counters)),
     );
+    if let Some(n) = node.store.round_trips() {
+        use std::fmt::Write;
+        let _ = writeln!(
+            text,
+            "# HELP ticketrush_store_round_trips_total Calls this node made to its store (Redis).\n\
+             # TYPE ticketrush_store_round_trips_total counter\nticketrush_store_round_trips_total {n}"
+        );
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

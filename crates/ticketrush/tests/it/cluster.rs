@@ -324,6 +324,23 @@ async fn three_nodes_sell_every_ticket_exactly_once() {
             .await;
         assert_eq!(a.status, 200, "every 201 is a stored reservation");
     }
+    // Each node counts its round trips to Redis (what calls per reservation is measured by).
+    let metrics = nodes[0]
+        .client
+        .http
+        .get(format!("{}/metrics", nodes[0].client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let trips: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ticketrush_store_round_trips_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("the round-trip counter in /metrics");
+    assert!(trips > 0, "{metrics}");
     for n in nodes {
         n.stop().await;
     }
