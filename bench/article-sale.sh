@@ -29,7 +29,8 @@ field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
 p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
 
 # The two generators against the ceiling, interleaved ROUNDS times (the machine is shared, so
-# its load drifts): wrk for SECONDS_RUN, then bench with USERS users. Each line also gives the
+# its load drifts): wrk for SECONDS_RUN, then bench for as long (--max-seconds, users enough
+# never to run out), so both see the same stretch of load. Each line also gives the
 # generator's own CPU time (user + system) per request.
 $BIN ceiling --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
 CEIL=$!
@@ -40,10 +41,11 @@ for round in $(seq "$ROUNDS"); do
     wrk -t2 -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$URL" -- ceiling \
     > "$OUT/wrk-$round.txt"
   grep -E "Requests/sec|requests in|  99%" "$OUT/wrk-$round.txt"
-  echo "== ceiling round $round: ticketrush bench --users $USERS --connections $CONNS --no-check"
+  echo "== ceiling round $round: ticketrush bench --max-seconds $SECONDS_RUN --connections $CONNS --no-check"
   /usr/bin/time -f "%U %S" -o "$OUT/gen-$round.cpu" \
-    $BIN bench --target "$URL" --sale ceiling --users "$USERS" --connections "$CONNS" \
-    --no-check --quiet --json "$OUT/ceiling-$round.json" | grep -E "requests|latency"
+    $BIN bench --target "$URL" --sale ceiling --users 100000000 --max-seconds "$SECONDS_RUN" \
+    --connections "$CONNS" --no-check --quiet --json "$OUT/ceiling-$round.json" \
+    | grep -E "requests|latency"
 done
 kill "$CEIL"; wait "$CEIL" 2>/dev/null || true
 
