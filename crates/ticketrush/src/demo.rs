@@ -112,12 +112,17 @@ pub async fn demo(args: DemoArgs, interrupt: impl Future<Output = ()>) -> anyhow
     tier.stop().await;
     let report = run?;
 
-    let audit = audit(stores.admin.as_ref(), &sale).await?;
+    let audit = match &stores.embedded {
+        Some(store) => {
+            crate::orders_cmd::audit_embedded(store, &sale, ORDERS_CATCH_UP_WAIT).await?
+        }
+        None => audit(stores.admin.as_ref(), &sale).await?,
+    };
     println!("{report}");
     println!();
     print_nodes(&tier.nodes, &report);
     println!();
-    print_audit(&sale, &audit);
+    crate::orders_cmd::print_report(&sale, &audit);
     verdict(&args, &report, &audit)
 }
 
@@ -173,6 +178,8 @@ struct Stores {
     per_node: Vec<Arc<dyn Store>>,
     /// Where the stock lives, for the header.
     label: String,
+    /// The embedded store itself (not with --redis): the audit also checks its orders table.
+    embedded: Option<Arc<EmbeddedStore>>,
 }
 
 impl Stores {
@@ -194,13 +201,16 @@ impl Stores {
                 admin,
                 per_node,
                 label: format!("redis at {shown}, one connection per node"),
+                embedded: None,
             });
         }
         let dir = dir.expect("the embedded store has a data dir");
         let (store, _) = EmbeddedStore::open(&dir.path)
             .with_context(|| format!("cannot open the store in {}", dir.path.display()))?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let embedded = Arc::new(store);
+        let store: Arc<dyn Store> = embedded.clone();
         Ok(Stores {
+            embedded: Some(embedded),
             per_node: vec![store.clone(); args.nodes as usize],
             admin: store,
             label: format!(
@@ -362,6 +372,9 @@ async fn start_node(
     ))
 }
 
+/// Longest the embedded audit waits for the orders table to hold every durable change.
+const ORDERS_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The audit of `ticketrush audit`, from the store itself, on the now quiet sale.
 async fn audit(store: &dyn Store, sale: &SaleId) -> anyhow::Result<AuditReport> {
     let snap = store
@@ -370,22 +383,6 @@ async fn audit(store: &dyn Store, sale: &SaleId) -> anyhow::Result<AuditReport> 
         .with_context(|| format!("cannot read sale {sale} for the audit"))?
         .with_context(|| format!("sale {sale} is gone"))?;
     Ok(audit_sale(&snap.view, &snap.reservations, None))
-}
-
-/// The audit as `ticketrush audit` prints it.
-fn print_audit(sale: &SaleId, r: &AuditReport) {
-    println!(
-        "audit of sale {sale}: reservations reserved {} paid {} cancelled {} expired {}",
-        r.reserved, r.paid, r.cancelled, r.expired
-    );
-    for v in &r.violations {
-        println!("VIOLATION: {v}");
-    }
-    let unlisted = r.violation_count.saturating_sub(r.violations.len() as u64);
-    if unlisted > 0 {
-        println!("… and {unlisted} more");
-    }
-    println!("{}", if r.passed() { "PASSED" } else { "FAILED" });
 }
 
 fn bench_args(args: &DemoArgs, sale: &SaleId, gateway: SocketAddr) -> ticketrush_bench::Args {

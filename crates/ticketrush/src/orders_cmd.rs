@@ -198,7 +198,7 @@ pub(crate) async fn audit_embedded(
     Ok(report)
 }
 
-fn print_report(sale: &SaleId, r: &AuditReport) {
+pub(crate) fn print_report(sale: &SaleId, r: &AuditReport) {
     println!(
         "audit of sale {sale}: reservations reserved {} paid {} cancelled {} expired {}{}",
         r.reserved,

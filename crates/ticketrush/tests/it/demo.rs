@@ -86,8 +86,9 @@ async fn demo_sells_every_ticket_through_weighted_nodes_and_passes_its_audit() {
 
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     assert!(
-        run.stdout
-            .contains("reservations reserved 500 paid 0 cancelled 0 expired 0\nPASSED"),
+        run.stdout.contains(
+            "reservations reserved 500 paid 0 cancelled 0 expired 0, order rows 500\nPASSED"
+        ),
         "{}",
         run.stdout
     );
