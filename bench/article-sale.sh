@@ -16,6 +16,9 @@ CONNS=${CONNS:-100}
 SECONDS_RUN=${SECONDS_RUN:-10}
 PORT=${PORT:-18182}
 ROUNDS=${ROUNDS:-3}
+# PIN=1: servers on core 0 with one worker, the generator (wrk -t1, bench --threads 1) on core
+# 1, so generator and server do not preempt each other (as bench/single-node.sh does).
+PIN=${PIN:-0}
 CHART=${CHART:-docs/article-sale.svg}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 1; }
 cargo build --release -q -p ticketrush
@@ -32,31 +35,39 @@ p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
 # its load drifts): wrk for SECONDS_RUN, then bench for as long (--max-seconds, users enough
 # never to run out), so both see the same stretch of load. Each line also gives the
 # generator's own CPU time (user + system) per request.
-$BIN ceiling --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
+WORKERS=(); GEN=(); WRK=(wrk -t2); THREADS=()
+if [ "$PIN" = 1 ]; then
+  WORKERS=(--workers 1); GEN=(taskset -c 1); WRK=(taskset -c 1 wrk -t1); THREADS=(--threads 1)
+fi
+pin() { if [ "$PIN" = 1 ]; then taskset -p -a -c 0 "$1" >/dev/null; fi; }
+$BIN ceiling --listen "127.0.0.1:$PORT" "${WORKERS[@]}" >/dev/null 2>&1 &
 CEIL=$!
+pin $CEIL
 wait_port
 for round in $(seq "$ROUNDS"); do
-  echo "== ceiling round $round: wrk -t2 -c$CONNS -d${SECONDS_RUN}s"
+  echo "== ceiling round $round: ${WRK[*]} -c$CONNS -d${SECONDS_RUN}s"
   /usr/bin/time -f "%U %S" -o "$OUT/wrk-$round.cpu" \
-    wrk -t2 -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$URL" -- ceiling \
+    "${WRK[@]}" -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$URL" -- ceiling \
     > "$OUT/wrk-$round.txt"
   grep -E "Requests/sec|requests in|  99%" "$OUT/wrk-$round.txt"
   echo "== ceiling round $round: ticketrush bench --max-seconds $SECONDS_RUN --connections $CONNS --no-check"
   /usr/bin/time -f "%U %S" -o "$OUT/gen-$round.cpu" \
-    $BIN bench --target "$URL" --sale ceiling --users 100000000 --max-seconds "$SECONDS_RUN" \
-    --connections "$CONNS" --no-check --quiet --json "$OUT/ceiling-$round.json" \
+    "${GEN[@]}" $BIN bench --target "$URL" --sale ceiling --users 100000000 \
+    --max-seconds "$SECONDS_RUN" --connections "$CONNS" "${THREADS[@]}" --no-check --quiet --json "$OUT/ceiling-$round.json" \
     | grep -E "requests|latency"
 done
 kill "$CEIL"; wait "$CEIL" 2>/dev/null || true
 
 echo "== the article's sale: one node, $TICKETS tickets, $USERS users"
 $BIN serve --listen "127.0.0.1:$PORT" --data-dir "$OUT/node" --admin-token bench \
-  --sale "article:$TICKETS" --log warn >/dev/null &
+  --sale "article:$TICKETS" --log warn "${WORKERS[@]}" >/dev/null &
 NODE=$!
+pin $NODE
 wait_port
 mkdir -p "$(dirname "$CHART")"
 status=0
-$BIN bench --target "$URL" --sale article --users "$USERS" --connections "$CONNS" --quiet \
+"${GEN[@]}" $BIN bench --target "$URL" --sale article --users "$USERS" --connections "$CONNS" \
+  "${THREADS[@]}" --quiet \
   --json "$OUT/sale.json" --chart "$CHART" || status=$?
 echo "== node RSS after the sale (KiB): $(ps -o rss= -p "$NODE")"
 kill "$NODE"; wait "$NODE" 2>/dev/null || true
