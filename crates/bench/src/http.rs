@@ -16,6 +16,8 @@ use crate::args::Target;
 
 /// Longest wait to connect, or for a read of the sale.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read buffer of a load connection: several answers' worth.
+const READ_BUF_BYTES: usize = 8 * 1024;
 /// Largest answer body read (a sale object or a reservation is a few hundred bytes).
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
@@ -34,7 +36,12 @@ pub async fn connect(target: &Target) -> std::io::Result<(Sender, Driver)> {
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
-    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // A fixed read buffer (answers are a few hundred bytes) spares hyper's adaptive one its
+    // growth; small requests are flattened into one buffer for one plain `write`.
+    hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(READ_BUF_BYTES))
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)
 }
