@@ -1,8 +1,11 @@
 //! Stream entries as the scripts write them, read back into order rows.
 //!
-//! A reservation event has the fields `t` (the state after the change), `r` (reservation id),
-//! `u` (user), `c`, `e`, `p`, `m` (created, expires, paid, updated: Unix ms, `p` 0 when not
-//! paid). Lease and sale events have other `t`s and are acknowledged without a row.
+//! A reservation event has the fields `t` (the state after the change), `r` (reservation ids)
+//! and `u` (their users), `c`, `e`, `p`, `m` (created, expires, paid, updated: Unix ms, `p` 0
+//! when not paid). One `reserved` entry carries a whole batch: `r` and `u` list the ids and
+//! users in the same order, separated by spaces (neither can contain one); every other entry
+//! names one reservation. Lease and sale events have other `t`s and are acknowledged without
+//! a row.
 
 use std::collections::HashMap;
 
@@ -26,14 +29,14 @@ impl Entry {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The row this entry writes, if it is a reservation event.
-    pub fn row(&self, sale: &SaleId) -> OrdersResult<Option<Reservation>> {
+    /// The rows this entry writes: none for a lease or sale event.
+    pub fn rows(&self, sale: &SaleId) -> OrdersResult<Vec<Reservation>> {
         let state = match self.get("t") {
             Some("reserved") => ReservationState::Reserved,
             Some("paid") => ReservationState::Paid,
             Some("cancelled") => ReservationState::Cancelled,
             Some("expired") => ReservationState::Expired,
-            _ => return Ok(None),
+            _ => return Ok(Vec::new()),
         };
         let bad = |what: &str| OrdersError::Bad(format!("entry {} has a bad {what}", self.id));
         let num = |k: &str| -> OrdersResult<i64> {
@@ -42,16 +45,27 @@ impl Entry {
                 .ok_or_else(|| bad(k))
         };
         let paid = num("p")?;
-        Ok(Some(Reservation {
-            id: ReservationId::parse(self.get("r").unwrap_or("")).map_err(|_| bad("r"))?,
-            sale_id: sale.clone(),
-            user_id: UserId::parse(self.get("u").unwrap_or("")).map_err(|_| bad("u"))?,
-            state,
-            created_at: UnixMs(num("c")?),
-            expires_at: UnixMs(num("e")?),
-            paid_at: (paid > 0).then_some(UnixMs(paid)),
-            updated_at: UnixMs(num("m")?),
-        }))
+        let (created, expires, updated) = (num("c")?, num("e")?, num("m")?);
+        let ids = self.get("r").unwrap_or("").split(' ');
+        let users = self.get("u").unwrap_or("").split(' ');
+        let (n_ids, n_users) = (ids.clone().count(), users.clone().count());
+        if n_ids != n_users {
+            return Err(bad("r/u pairing"));
+        }
+        ids.zip(users)
+            .map(|(id, user)| {
+                Ok(Reservation {
+                    id: ReservationId::parse(id).map_err(|_| bad("r"))?,
+                    sale_id: sale.clone(),
+                    user_id: UserId::parse(user).map_err(|_| bad("u"))?,
+                    state,
+                    created_at: UnixMs(created),
+                    expires_at: UnixMs(expires),
+                    paid_at: (paid > 0).then_some(UnixMs(paid)),
+                    updated_at: UnixMs(updated),
+                })
+            })
+            .collect()
     }
 }
 
@@ -142,24 +156,37 @@ mod tests {
     #[test]
     fn reservation_events_become_rows_and_others_do_not() {
         let sale = SaleId::parse("S").unwrap();
-        let r = entry("paid", "a.S", 15).row(&sale).unwrap().unwrap();
+        let r = entry("paid", "a.S", 15).rows(&sale).unwrap().remove(0);
         assert_eq!(r.state, ReservationState::Paid);
         assert_eq!(r.paid_at, Some(UnixMs(15)));
         let lease = Entry {
             id: "1-1".into(),
             fields: vec![("t".into(), "lease_granted".into())],
         };
-        assert_eq!(lease.row(&sale).unwrap(), None);
+        assert_eq!(lease.rows(&sale).unwrap(), vec![]);
         let mut broken = entry("reserved", "a.S", 10);
         broken.fields.retain(|(k, _)| k != "c");
-        assert!(broken.row(&sale).is_err());
+        assert!(broken.rows(&sale).is_err());
+        // A batch entry: ids and users paired in order; a count mismatch is refused.
+        let mut batch = entry("reserved", "a.S b.S", 10);
+        batch.fields.retain(|(k, _)| k != "u");
+        batch.fields.push(("u".into(), "u1 u2".into()));
+        let rows = batch.rows(&sale).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[1].id.as_str(), rows[1].user_id.as_str()),
+            ("b.S", "u2")
+        );
+        batch.fields.retain(|(k, _)| k != "u");
+        batch.fields.push(("u".into(), "u1".into()));
+        assert!(batch.rows(&sale).is_err());
     }
 
     #[test]
     fn a_final_state_wins_over_reserved_in_any_order() {
         let sale = SaleId::parse("S").unwrap();
-        let reserved = entry("reserved", "a.S", 10).row(&sale).unwrap().unwrap();
-        let expired = entry("expired", "a.S", 30).row(&sale).unwrap().unwrap();
+        let reserved = entry("reserved", "a.S", 10).rows(&sale).unwrap().remove(0);
+        let expired = entry("expired", "a.S", 30).rows(&sale).unwrap().remove(0);
         for rows in [
             vec![reserved.clone(), expired.clone()],
             vec![expired.clone(), reserved.clone()],

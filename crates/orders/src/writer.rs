@@ -28,8 +28,10 @@ use crate::{OrdersDb, OrdersError, OrdersResult};
 pub const GROUP: &str = "orders";
 /// The set of sale ids the Redis store keeps.
 const SALES_KEY: &str = "ticketrush:sales";
-/// Most entries read from one stream per step: one upsert of at most this many rows per sale.
-pub const BATCH_MAX: usize = 2_000;
+/// Most entries read from one stream per step. A `reserved` entry holds a node's whole batch
+/// (up to 4,096 reservations, typically tens), so one upsert writes up to a few tens of
+/// thousands of rows.
+pub const BATCH_MAX: usize = 256;
 /// Most sales one writer follows (the store's own bound).
 const STREAMS_MAX: usize = ticketrush_core::ledger::SALES_MAX;
 /// How often new sales are looked for, and streams trimmed and measured.
@@ -402,9 +404,8 @@ impl Loop {
         let sale = self.streams[i].sale.clone();
         let mut rows = Vec::with_capacity(entries.len());
         for e in &entries {
-            match e.row(&sale) {
-                Ok(Some(r)) => rows.push(r),
-                Ok(None) => {}
+            match e.rows(&sale) {
+                Ok(r) => rows.extend(r),
                 // A malformed entry can never be written; acknowledging it keeps it from
                 // blocking the stream, and the log (and the audit) tell.
                 Err(err) => {

@@ -44,6 +44,34 @@ local function emit(fields)
   end
 end
 
+-- Lua in Redis cannot unpack() more than about 8,000 values, and a batch may hold 4,096
+-- items: multi-value commands go in slices of at most this many arguments (an even number,
+-- so field/value and score/member pairs stay whole).
+local UNPACK_MAX = 1000
+
+local function slice(args, from)
+  return unpack(args, from, math.min(from + UNPACK_MAX - 1, #args))
+end
+
+-- Runs `cmd key args...` in slices; nothing when args is empty.
+local function call_chunked(cmd, key, args)
+  for from = 1, #args, UNPACK_MAX do
+    redis.call(cmd, key, slice(args, from))
+  end
+end
+
+-- HMGET in slices; answers the values in the order of `fields`.
+local function hmget_chunked(key, fields)
+  local out = {}
+  for from = 1, #fields, UNPACK_MAX do
+    local part = redis.call('HMGET', key, slice(fields, from))
+    for _, value in ipairs(part) do
+      out[#out + 1] = value
+    end
+  end
+  return out
+end
+
 local function parse_lease(v)
   local rem, dl, node = string.match(v, '^(%d+) (%-?%d+) (.+)$')
   return tonumber(rem), tonumber(dl), node

@@ -571,3 +571,47 @@ async fn a_paused_node_cannot_oversell_when_it_wakes() {
     }
     drop(a);
 }
+
+#[tokio::test]
+async fn scripts_commit_the_largest_batch_in_one_call() {
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    let node = NodeId::parse("n1").unwrap();
+    let max = ticketrush_server::limits::BATCH_SIZE_CEILING;
+    s.create_sale(sale("big", max as u64, 2, 60)).await.unwrap();
+    let g = s
+        .lease(&sid("big"), &node, 0, max as u64, 60_000)
+        .await
+        .unwrap();
+    // Users come in threes (a limit of two: every third is refused), and every user's first
+    // key is sent twice (the second is a replay of the first, within the same call).
+    let items: Vec<ReserveItem> = (0..max)
+        .map(|n| {
+            let user = format!("u{}", n / 3);
+            let key = (n % 3 != 2).then(|| format!("k{}", n / 3 * 3));
+            item("big", n, &user, key.as_deref())
+        })
+        .collect();
+    let out = s.reserve_batch(&sid("big"), g.lease, items).await.unwrap();
+    assert_eq!(out.len(), max);
+    let reserved = out
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Reserved(_)))
+        .count();
+    let replayed = out
+        .iter()
+        .filter(|o| matches!(o, ReserveOutcome::Replayed(_)))
+        .count();
+    let limited = out
+        .iter()
+        .filter(|o| **o == ReserveOutcome::LimitReached)
+        .count();
+    // Per trio: reserved (key k), replayed (same key), then the keyless third is a new ticket.
+    let trios = max / 3;
+    assert_eq!((reserved, replayed, limited), (max - trios, trios, 0));
+    let v = s.sale(&sid("big")).await.unwrap().unwrap();
+    assert_eq!(counts(&v), ((max - reserved) as u64, reserved as u64, 0));
+    let snap = s.snapshot(&sid("big")).await.unwrap().unwrap();
+    let report = ticketrush_core::audit_sale(&snap.view, &snap.reservations, None);
+    assert!(report.passed(), "{:?}", report.violations);
+}
