@@ -5,7 +5,6 @@
 //! killed with SIGKILL or paused with SIGSTOP, and then check the counts Redis holds.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +14,12 @@ use ticketrush_core::{
     SaleSpec, UserId,
 };
 use ticketrush_store::{RedisConfig, RedisStore, Store, StoreError};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::task::JoinSet;
 
+use crate::crash::spawn_serve;
 use crate::redis_server::RedisServer;
-use crate::support::{config, wait_until, Client, TempDir, TestNode, ADMIN_TOKEN};
+use crate::support::{config, wait_until, Client, TempDir, TestNode};
 
 async fn store(redis: &RedisServer) -> Arc<RedisStore> {
     Arc::new(
@@ -442,35 +441,16 @@ async fn redis_down_answers_503_quickly_and_the_node_recovers() {
 
 /// The real `ticketrush serve --redis` on a free port.
 async fn spawn_redis_node(redis: &RedisServer, name: &str, lease_seconds: u64) -> (Child, Client) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ticketrush"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN_TOKEN,
-        ])
-        .args(["--redis", &redis.url(), "--node-id", name])
-        .args(["--lease-seconds", &lease_seconds.to_string()])
-        .env("TICKETRUSH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ticketrush");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("node printed its address in time")
-        .unwrap()
-        .expect("a line on stdout");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-    (child, Client::new(addr.parse().unwrap()))
+    let (url, lease) = (redis.url(), lease_seconds.to_string());
+    spawn_serve(&[
+        "--redis",
+        &url,
+        "--node-id",
+        name,
+        "--lease-seconds",
+        &lease,
+    ])
+    .await
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -13,8 +13,15 @@ use tokio::task::JoinSet;
 
 use crate::support::{wait_until, Client, TempDir, ADMIN_TOKEN};
 
-/// The real `ticketrush serve` on a free port; answers the child and a client for it.
+/// The real `ticketrush serve` on a free port with its own data dir.
 pub(crate) async fn spawn_node(dir: &Path) -> (Child, Client) {
+    let dir = dir.to_str().expect("a UTF-8 temp path");
+    spawn_serve(&["--data-dir", dir]).await
+}
+
+/// The real `ticketrush serve` on a free port with `extra` flags; answers the child and a
+/// client for it once it printed its address.
+pub(crate) async fn spawn_serve(extra: &[&str]) -> (Child, Client) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ticketrush"))
         .args([
             "serve",
@@ -23,8 +30,7 @@ pub(crate) async fn spawn_node(dir: &Path) -> (Child, Client) {
             "--admin-token",
             ADMIN_TOKEN,
         ])
-        .arg("--data-dir")
-        .arg(dir)
+        .args(extra)
         .env("TICKETRUSH_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
