@@ -344,3 +344,34 @@ async fn audit_passes_a_clean_sale_and_names_every_damaged_row() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_postgres_runs_its_own_writer_and_shows_its_lag() {
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let (url, pg) = (redis.url(), db.url());
+    let (_node, c) = crate::crash::spawn_serve(&["--redis", &url, "--postgres", &pg]).await;
+    assert_eq!(c.create_sale("own", 10, json!({})).await.status, 201);
+    for u in ["a", "b", "c"] {
+        assert_eq!(c.reserve("own", u).await.status, 201);
+    }
+    let (code, out) = run_audit(&redis, &db, "own").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("order rows 3"), "{out}");
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "ticketrush_orders_rows_written_total 3",
+        "ticketrush_orders_lag_entries",
+        "ticketrush_orders_lag_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+}
