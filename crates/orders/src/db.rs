@@ -95,6 +95,11 @@ impl OrdersDb {
             }
         });
         let db = OrdersDb { client, connection };
+        // The server gives up on a statement a little before the client does, so a statement
+        // the writer abandoned does not keep running (and holding row locks) behind its retry.
+        let limit_ms = PG_TIMEOUT.as_millis() - 500;
+        let set = format!("SET statement_timeout = {limit_ms}");
+        bounded("create table", db.client.batch_execute(&set)).await?;
         bounded("create table", db.client.batch_execute(SCHEMA)).await?;
         Ok(db)
     }

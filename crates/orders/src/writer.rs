@@ -25,13 +25,15 @@ use crate::events::{latest_per_reservation, parse_entries, parse_read, Entry};
 use crate::{OrdersDb, OrdersError, OrdersResult};
 
 /// The consumer group every writer joins.
-pub const GROUP: &str = "orders";
+pub const GROUP: &str = ticketrush_store::redis_store::ORDERS_GROUP;
 /// The set of sale ids the Redis store keeps.
 const SALES_KEY: &str = "ticketrush:sales";
 /// Most entries read from one stream per step. A `reserved` entry holds a node's whole batch
-/// (up to 4,096 reservations, typically tens), so one upsert writes up to a few tens of
-/// thousands of rows.
-pub const BATCH_MAX: usize = 256;
+/// (typically tens of reservations, at most the batch size).
+pub const BATCH_MAX: usize = 64;
+/// Most rows in one upsert statement: a read's rows go in statements of at most this many,
+/// so each stays well inside the statement timeout.
+pub const ROWS_PER_STATEMENT_MAX: usize = 5_000;
 /// Most sales one writer follows (the store's own bound).
 const STREAMS_MAX: usize = ticketrush_core::ledger::SALES_MAX;
 /// How often new sales are looked for, and streams trimmed and measured.
@@ -231,7 +233,12 @@ async fn redis_call<T>(
 
 impl Loop {
     /// After a failure: drop a broken PostgreSQL connection, and re-read own pending entries.
+    /// A stream whose group is gone (deleted by hand) is forgotten, so the next discovery
+    /// attaches to it again instead of every read failing.
     fn recover(&mut self, e: &OrdersError) {
+        if matches!(e, OrdersError::Redis(r) if r.to_string().contains("NOGROUP")) {
+            self.streams.clear();
+        }
         if matches!(
             e,
             OrdersError::Postgres(_)
@@ -262,9 +269,8 @@ impl Loop {
     /// One step; answers whether it wrote or acknowledged anything (then it goes again at once).
     async fn step(&mut self) -> OrdersResult<bool> {
         let mut conn = self.redis().await?;
-        if self.db.is_none() {
-            self.db = Some(OrdersDb::connect(&self.config.postgres_url).await?);
-        }
+        // Attach to new sales first, without PostgreSQL: from then on their events are kept
+        // for the writers however long PostgreSQL stays away.
         if self
             .last_housekeeping
             .is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY)
@@ -272,6 +278,9 @@ impl Loop {
             self.discover(&mut conn).await?;
             self.measure_and_trim(&mut conn).await?;
             self.last_housekeeping = Some(Instant::now());
+        }
+        if self.db.is_none() {
+            self.db = Some(OrdersDb::connect(&self.config.postgres_url).await?);
         }
         if self.streams.is_empty() {
             return Ok(false);
@@ -415,7 +424,9 @@ impl Loop {
         }
         let rows = latest_per_reservation(rows);
         let db = self.db.as_ref().expect("connected in step");
-        db.upsert(&rows).await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+            db.upsert(chunk).await?;
+        }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         let _: i64 = redis_call(
             redis::cmd("XACK")

@@ -40,10 +40,15 @@ const SALES_KEY: &str = "ticketrush:sales";
 /// 503 instead of a hang when Redis is gone.
 pub const OP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 
-/// Most events a sale's stream may hold while an order writer is attached before new
-/// reservations are refused (503): the writer's queue has a bound too. Without a writer the
-/// scripts keep only the most recent 100,000 events.
-pub const EVENTS_BACKLOG_MAX: u64 = 2_000_000;
+/// Most entries a sale's stream may hold while an order writer is attached before new
+/// reservations are refused (503): the writer's queue has a bound too. An entry is one node
+/// batch (tens of reservations, at most a batch size) or one payment, cancellation or expiry,
+/// so this is a few million waiting reservations at most. Without a writer the scripts keep
+/// only the most recent 100,000 entries.
+pub const EVENTS_BACKLOG_MAX: u64 = 200_000;
+
+/// The consumer group every order writer joins.
+pub const ORDERS_GROUP: &str = "orders";
 
 /// Reservations per HSCAN page when the audit reads a sale.
 const SCAN_PAGE: u64 = 10_000;
@@ -56,6 +61,10 @@ pub struct RedisConfig {
     pub url: String,
     pub op_timeout: Duration,
     pub events_backlog_max: u64,
+    /// Order writers follow this cluster (`serve --postgres`): a sale created here starts
+    /// with its stream kept for them (the writer flag and the consumer group), so no event is
+    /// trimmed before a writer reads it, even if PostgreSQL is down when the sale begins.
+    pub orders: bool,
 }
 
 impl RedisConfig {
@@ -64,6 +73,7 @@ impl RedisConfig {
             url: url.into(),
             op_timeout: OP_TIMEOUT_DEFAULT,
             events_backlog_max: EVENTS_BACKLOG_MAX,
+            orders: false,
         }
     }
 }
@@ -305,10 +315,11 @@ impl RedisStore {
         let total = spec.total.to_string();
         let limit = spec.per_user_limit.to_string();
         let hold_ms = spec.hold_ms().to_string();
+        let group = if self.config.orders { ORDERS_GROUP } else { "" };
         self.run(
             &self.scripts.create_sale,
             &spec.id,
-            &[&spec_json, &total, &limit, &hold_ms],
+            &[&spec_json, &total, &limit, &hold_ms, group],
         )
         .await?;
         Ok(SaleView {

@@ -303,7 +303,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The embedded store in `--data-dir`, or Redis with `--redis`.
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(url) = &args.redis {
-        let store = RedisStore::connect(RedisConfig::new(url.clone()))
+        let config = RedisConfig {
+            orders: args.postgres.is_some(),
+            ..RedisConfig::new(url.clone())
+        };
+        let store = RedisStore::connect(config)
             .await
             .with_context(|| format!("cannot reach redis at {}", redact_url(url)))?;
         tracing::info!(redis = %redact_url(url), "redis store connected");

@@ -12,6 +12,8 @@ use crate::RuntimeArgs;
 
 /// Longest `audit` waits for the order writer to catch up, at most.
 const AUDIT_WAIT_SECONDS_MAX: u64 = 3_600;
+/// Snapshots of a sale that moved while it was audited, before the audit says so.
+const AUDIT_ATTEMPTS_MAX: u32 = 5;
 
 #[derive(Args)]
 pub struct AuditArgs {
@@ -134,30 +136,52 @@ async fn audit_redis(args: &AuditArgs, redis: &str) -> anyhow::Result<AuditRepor
     let Some(pg) = &args.postgres else {
         return audit_store(&store, &args.sale, None).await;
     };
-    let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
-    let backlog = loop {
-        let b = ticketrush_orders::writer::backlog(redis, &args.sale).await?;
-        if b == Some(0) || Instant::now() >= deadline {
-            break b;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
     let db = OrdersDb::connect(pg)
         .await
         .context("cannot reach postgres")?;
-    let mut report = audit_store(&store, &args.sale, Some(&db)).await?;
-    match backlog {
-        Some(0) => {}
-        Some(n) => report.note_violation(format!(
-            "the order writer is still {n} event(s) behind after {} s",
-            args.wait_seconds
-        )),
-        None => report.note_violation(
-            "no order writer has ever read this sale's events (is a node running with --postgres?)"
-                .into(),
-        ),
+    let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
+    // Snapshot first, then wait until the writers wrote everything up to it (and so at least
+    // the snapshot's states), then read the rows. If the sale moved meanwhile (a reaper
+    // expiring a hold, a payment) the rows may be ahead of the snapshot: take it again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let snap = store
+            .snapshot(&args.sale)
+            .await?
+            .with_context(|| format!("no sale {}", args.sale))?;
+        let backlog = loop {
+            let b = ticketrush_orders::writer::backlog(redis, &args.sale).await?;
+            if b.is_none_or(|n| n == 0) || Instant::now() >= deadline {
+                break b;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let rows = db.rows_of(&args.sale).await?;
+        let moved = store.sale(&args.sale).await?.as_ref() != Some(&snap.view);
+        if moved && attempts < AUDIT_ATTEMPTS_MAX && Instant::now() < deadline {
+            continue;
+        }
+        let mut report = audit_sale(&snap.view, &snap.reservations, Some(&rows));
+        match backlog {
+            Some(0) => {}
+            Some(n) => report.note_violation(format!(
+                "the order writer is still {n} event(s) behind after {} s",
+                args.wait_seconds
+            )),
+            None => report.note_violation(
+                "no order writer has ever read this sale's events (is a node running with --postgres?)"
+                    .into(),
+            ),
+        }
+        if moved {
+            report.note_violation(
+                "the sale kept changing while it was audited; audit it when no node is selling"
+                    .into(),
+            );
+        }
+        return Ok(report);
     }
-    Ok(report)
 }
 
 async fn audit_store(

@@ -375,3 +375,42 @@ async fn serve_with_postgres_runs_its_own_writer_and_shows_its_lag() {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_kept_for_writers_even_before_postgres_is_reachable() {
+    let redis = RedisServer::start();
+    // A node run with --postgres creates its sales with the writers' group already there.
+    let with_orders = RedisStore::connect(RedisConfig {
+        orders: true,
+        ..RedisConfig::new(redis.url())
+    })
+    .await
+    .unwrap();
+    create_sale(&with_orders, "kept", 10, 900).await;
+    let kept = ticketrush_orders::writer::backlog(&redis.url(), &SaleId::parse("kept").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(kept, Some(1), "the sale_created event waits for a writer");
+
+    // A sale made by a node without --postgres is attached by a writer even while its
+    // PostgreSQL is unreachable (a closed port here).
+    let plain = redis_store(&redis).await;
+    create_sale(&plain, "later", 10, 900).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_pg = format!(
+        "postgres://postgres@127.0.0.1:{}/none",
+        closed.local_addr().unwrap().port()
+    );
+    drop(closed);
+    let writer = OrderWriter::start(writer_config(&redis, &dead_pg, "early"));
+    let sale = SaleId::parse("later").unwrap();
+    let attached = wait_until(Duration::from_secs(10), || async {
+        ticketrush_orders::writer::backlog(&redis.url(), &sale)
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(attached, "the writer did not attach without PostgreSQL");
+    writer.stop().await;
+}
