@@ -140,6 +140,8 @@ pub struct RedisStore {
     config: RedisConfig,
     /// Calls made to Redis (script calls and plain commands), for `/metrics` and benchmarks.
     calls: AtomicU64,
+    /// Reaper passes so far: where the next pass starts in the list of sales.
+    reap_turn: AtomicU64,
 }
 
 impl RedisStore {
@@ -165,6 +167,7 @@ impl RedisStore {
             scripts: Scripts::load(),
             config,
             calls: AtomicU64::new(0),
+            reap_turn: AtomicU64::new(0),
         })
     }
 
@@ -361,21 +364,37 @@ impl RedisStore {
             .collect()
     }
 
+    /// One reaper pass over every sale, starting one sale further each pass so a sale with
+    /// many due holds cannot starve the ones after it. A sale whose pass fails is skipped (the
+    /// next pass tries again); the pass fails only if every sale did.
     async fn do_reap(&self, max: usize) -> StoreResult<ReapReport> {
         let mut report = ReapReport::default();
         let max_s = max.to_string();
-        for sale in self.sale_ids().await? {
-            let r = self.run(&self.scripts.reap, &sale, &[&max_s]).await?;
-            if r.len() != 2 {
-                return Err(bad_reply("reap", &r));
-            }
-            report.expired += parse_num(&r[0])? as usize;
-            report.leases_reclaimed += parse_num(&r[1])? as usize;
+        let sales = self.sale_ids().await?;
+        let start = self.reap_turn.fetch_add(1, Relaxed) as usize;
+        let mut last_error = None;
+        let mut failed = 0;
+        for i in 0..sales.len() {
+            let sale = &sales[(start + i) % sales.len()];
+            let counts = match self.run(&self.scripts.reap, sale, &[&max_s]).await {
+                Ok(r) if r.len() == 2 => (parse_num(&r[0])?, parse_num(&r[1])?),
+                Ok(r) => return Err(bad_reply("reap", &r)),
+                Err(e) => {
+                    failed += 1;
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            report.expired += counts.0 as usize;
+            report.leases_reclaimed += counts.1 as usize;
             if report.expired >= max {
                 break;
             }
         }
-        Ok(report)
+        match last_error {
+            Some(e) if failed == sales.len() => Err(e),
+            _ => Ok(report),
+        }
     }
 
     async fn settle(
