@@ -25,8 +25,11 @@ PG=${PG:-1}
 # here (and what an operator would give a node that shares its cores).
 WORKERS=${WORKERS:-1}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
-cargo build --release -q -p ticketrush
-BIN=$PWD/target/release/ticketrush
+# BIN=path runs another build (an A/B against an older commit); by default this tree's.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p ticketrush
+  BIN=$PWD/target/release/ticketrush
+fi
 OUT=$(mktemp -d)
 REDIS_PORT=$((BASE + 99))
 DB=ticketrush_bench_$$

@@ -29,11 +29,12 @@ pub const GROUP: &str = ticketrush_store::redis_store::ORDERS_GROUP;
 /// The set of sale ids the Redis store keeps.
 const SALES_KEY: &str = "ticketrush:sales";
 /// Most entries read from one stream per step. A `reserved` entry holds a node's whole batch
-/// (typically tens of reservations, at most the batch size).
-pub const BATCH_MAX: usize = 64;
+/// (typically tens of reservations, at most the batch size). Fewer entries per read cost more
+/// reads and statements for the same rows, CPU the nodes share (measured in BENCHMARKS.md).
+pub const BATCH_MAX: usize = 256;
 /// Most rows in one upsert statement: a read's rows go in statements of at most this many,
-/// so each stays well inside the statement timeout.
-pub const ROWS_PER_STATEMENT_MAX: usize = 5_000;
+/// so each stays well inside the statement timeout (20,000 rows take about 0.3 s here).
+pub const ROWS_PER_STATEMENT_MAX: usize = 20_000;
 /// Most sales one writer follows (the store's own bound).
 const STREAMS_MAX: usize = ticketrush_core::ledger::SALES_MAX;
 /// How often new sales are looked for, and streams trimmed and measured.
