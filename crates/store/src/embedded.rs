@@ -199,16 +199,28 @@ impl EmbeddedStore {
         Ok((store, recovery))
     }
 
-    /// The rows of a sale in the embedded orders table, once it holds everything durable now
-    /// (waiting up to `within`). `None` if it did not catch up in time.
+    /// The rows of a sale in the embedded orders table, once it holds every change the ledger
+    /// holds now (waiting up to `within` for the journal and then the table). `None` if they
+    /// did not catch up in time.
     pub fn order_rows(
         &self,
         sale: &SaleId,
         within: std::time::Duration,
     ) -> Result<Option<Vec<Reservation>>, String> {
         let orders = self.orders.as_ref().expect("open until dropped");
+        // Everything the ledger holds now (a snapshot taken before this call included) must
+        // first be on disk: expiries and lease changes are journaled without anyone waiting.
+        let deadline = std::time::Instant::now() + within;
+        let seq = self.lock().seq;
+        while *self.shared.durable.borrow() < seq {
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let durable = *self.shared.durable_bytes.borrow();
-        if !orders.wait_caught_up(durable, within) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !orders.wait_caught_up(durable, left) {
             return Ok(None);
         }
         orders.rows_of(sale).map(Some).map_err(|e| e.to_string())
@@ -299,8 +311,10 @@ fn write_loop(shared: &Shared, mut file: File, mut offset: u64) {
             std::process::abort();
         }
         offset += buf.len() as u64;
-        shared.durable.send_replace(seq);
+        // Bytes first: whoever sees `durable` reach a sequence number then finds the byte
+        // offset at least as far (`order_rows` relies on it).
         shared.durable_bytes.send_replace(offset);
+        shared.durable.send_replace(seq);
     }
 }
 
