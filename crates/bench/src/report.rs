@@ -114,7 +114,8 @@ impl Report {
     }
 }
 
-fn thousands(n: u64) -> String {
+/// `1234567` as `1,234,567`, for reports people read.
+pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {

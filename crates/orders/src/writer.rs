@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use ticketrush_core::SaleId;
-use ticketrush_store::redis_store::{events_key, sale_keys};
+use ticketrush_store::redis_store::{events_key, sale_keys, SALES_KEY};
 use tokio::sync::watch;
 
 use crate::events::{latest_per_reservation, parse_entries, parse_read, Entry};
@@ -26,8 +26,6 @@ use crate::{OrdersDb, OrdersError, OrdersResult};
 
 /// The consumer group every writer joins.
 pub const GROUP: &str = ticketrush_store::redis_store::ORDERS_GROUP;
-/// The set of sale ids the Redis store keeps.
-const SALES_KEY: &str = "ticketrush:sales";
 /// Most entries read from one stream per step. A `reserved` entry holds a node's whole batch
 /// (typically tens of reservations, at most the batch size). Fewer entries per read cost more
 /// reads and statements for the same rows, CPU the nodes share (measured in BENCHMARKS.md).

@@ -77,6 +77,20 @@ local function parse_lease(v)
   return tonumber(rem), tonumber(dl), node
 end
 
+-- A lease that still fences commits: recorded and before its deadline. Answers its remaining
+-- tickets, deadline and node, or nil when it was taken back or lapsed (LEASE_LOST).
+local function live_lease(id, now)
+  local v = redis.call('HGET', K_LEASES, id)
+  if not v then
+    return nil
+  end
+  local rem, dl, node = parse_lease(v)
+  if dl <= now then
+    return nil
+  end
+  return rem, dl, node
+end
+
 local function lease_value(rem, dl, node)
   return fmt(rem) .. ' ' .. fmt(dl) .. ' ' .. node
 end

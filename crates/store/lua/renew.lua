@@ -4,13 +4,9 @@
 if redis.call('EXISTS', K_SALE) == 0 then
   return {'E', 'SALE_NOT_FOUND'}
 end
-local v = redis.call('HGET', K_LEASES, ARGV[1])
-if not v then
-  return {'E', 'LEASE_LOST'}
-end
 local now = now_ms()
-local rem, dl, node = parse_lease(v)
-if dl <= now then
+local rem, dl, node = live_lease(ARGV[1], now)
+if not rem then
   return {'E', 'LEASE_LOST'}
 end
 local deadline = now + tonumber(ARGV[2])

@@ -17,13 +17,9 @@ if not sale[1] then
   return {'E', 'SALE_NOT_FOUND'}
 end
 local lease = ARGV[1]
-local v = redis.call('HGET', K_LEASES, lease)
-if not v then
-  return {'E', 'LEASE_LOST'}
-end
 local now = now_ms()
-local rem, dl, node = parse_lease(v)
-if dl <= now then
+local rem, dl, node = live_lease(lease, now)
+if not rem then
   return {'E', 'LEASE_LOST'}
 end
 -- With an order writer, the stream is its queue: refuse new sales rather than let it grow

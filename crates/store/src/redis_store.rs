@@ -33,7 +33,7 @@ use ticketrush_core::{
 use crate::{BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
 
 /// The set of every sale id; not in any sale's slot.
-const SALES_KEY: &str = "ticketrush:sales";
+pub const SALES_KEY: &str = "ticketrush:sales";
 
 /// Longest a node waits for Redis on any call before answering "unavailable". Long enough
 /// for a script under load with `appendfsync always`, short enough that clients see a quick

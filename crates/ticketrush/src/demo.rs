@@ -31,6 +31,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use ticketrush_bench::args::{CONNECTIONS_MAX, RUN_SECONDS_MAX, USERS_MAX};
+use ticketrush_bench::report::thousands;
 use ticketrush_bench::{Report, Stopped, Target};
 use ticketrush_core::sale::SALE_TOTAL_MAX;
 use ticketrush_core::{audit_sale, AuditReport, NodeId, SaleId, SaleSpec};
@@ -486,18 +487,6 @@ fn verdict(args: &DemoArgs, report: &Report, audit: &AuditReport) -> anyhow::Res
             bail!("demo failed: {why}")
         }
     }
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
