@@ -13,7 +13,10 @@
 //!   otherwise `held_delta ≥ paid by us` (payments are final and never expire);
 //! - `paid_delta` lies between the payments we were told succeeded and those plus the
 //!   payments with no answer;
-//! - and always `available + reserved + paid == total` and `reserved + paid ≤ total`.
+//! - and always `available + reserved + paid == total` and `reserved + paid ≤ total`;
+//! - `sold_out` is the truth: when no hold can have come back during the run, no `sold_out`
+//!   answer arrived before a request that went on to win was sent (`early_sold_out == 0`),
+//!   and no user was told `sold_out` while the sale ended with tickets available.
 //!
 //! This assumes the generator is the only client of the sale during the run (others would
 //! move the counts too); the report says what it compared so a reader can judge.
@@ -62,6 +65,10 @@ pub struct Told {
     pub unknown: u64,
     pub paid: u64,
     pub pay_unknown: u64,
+    /// Users told `sold_out`.
+    pub sold_out: u64,
+    /// `sold_out` answers that arrived before a request that went on to win was sent.
+    pub early_sold_out: u64,
 }
 
 /// The verdict, with what it compared.
@@ -150,6 +157,22 @@ pub fn compare(before: SaleCounts, after: SaleCounts, told: Told, run_seconds: f
             told.winners, told.paid
         ));
     }
+    // Payments never return a ticket; only an expiry (or another client's cancel) could
+    // make a true sold_out be followed by a win.
+    if !expiry_possible && told.early_sold_out > 0 {
+        failures.push(format!(
+            "phantom sold-out: {} sold_out answers arrived before a request that went on to \
+             win was sent",
+            told.early_sold_out
+        ));
+    }
+    if !expiry_possible && told.sold_out > 0 && after.available > 0 {
+        failures.push(format!(
+            "phantom sold-out: {} users were told sold_out, yet the sale ended with {} \
+             tickets available",
+            told.sold_out, after.available
+        ));
+    }
     let (pay_lo, pay_hi) = (told.paid as i64, (told.paid + told.pay_unknown) as i64);
     if paid_delta < pay_lo || paid_delta > pay_hi {
         failures.push(format!(
@@ -225,12 +248,47 @@ mod tests {
         let t = Told {
             winners: 9,
             unknown: 1,
-            paid: 0,
-            pay_unknown: 0,
+            ..Told::default()
         };
         assert!(compare(sale(10, 0, 0), sale(0, 10, 0), t, 5.0).passed);
         assert!(compare(sale(10, 0, 0), sale(1, 9, 0), t, 5.0).passed);
         assert!(!compare(sale(10, 0, 0), sale(2, 8, 0), t, 5.0).passed);
+    }
+
+    #[test]
+    fn sold_out_must_be_true() {
+        let t = Told {
+            early_sold_out: 3,
+            sold_out: 3,
+            ..told(10, 0)
+        };
+        let c = compare(sale(10, 0, 0), sale(0, 10, 0), t, 5.0);
+        assert!(!c.passed && c.notes[0].contains("phantom"), "{c:?}");
+        // Told sold out, but tickets were left at the end.
+        let t = Told {
+            sold_out: 2,
+            ..told(8, 0)
+        };
+        let c = compare(sale(10, 0, 0), sale(2, 8, 0), t, 5.0);
+        assert!(
+            !c.passed && c.notes[0].contains("2 tickets available"),
+            "{c:?}"
+        );
+        // Sold out after the last ticket went: true.
+        let t = Told {
+            sold_out: 5,
+            ..told(10, 0)
+        };
+        assert!(compare(sale(10, 0, 0), sale(0, 10, 0), t, 5.0).passed);
+        // With expiries possible, a ticket may come back after a true sold_out.
+        let mut after = sale(1, 9, 0);
+        after.hold_seconds = 1;
+        let t = Told {
+            sold_out: 5,
+            early_sold_out: 1,
+            ..told(10, 0)
+        };
+        assert!(compare(sale(10, 0, 0), after, t, 3.0).passed);
     }
 
     #[test]

@@ -68,7 +68,20 @@ pub struct ConnResult {
     pub gave_up_on_target: bool,
     /// When, since the run started, this task's last success was answered.
     pub last_success: Option<Duration>,
+    /// When (µs since the start) this task sent its last request that went on to win.
+    pub last_win_sent_us: Option<u64>,
+    /// When (µs since the start) each `sold_out` answer arrived, earliest first; only the
+    /// first `times_max` are kept (the early ones are the ones that matter, see `lib.rs`).
+    pub sold_out_at_us: Vec<u64>,
+    /// When each win was answered (µs since the start); past `times_max` the older half is
+    /// dropped, since the sale's tail is what is measured from them.
+    pub won_at_us: Vec<u64>,
+    /// Bound of both lists above, per task.
+    pub times_max: usize,
 }
+
+/// Most answer times one run keeps in all, shared out over its connections.
+pub const ANSWER_TIMES_MAX: usize = 8 * 1024 * 1024;
 
 /// Outcome counts. `requests` is the sum of the four outcomes.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -186,6 +199,10 @@ pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> Con
             by_node: Vec::new(),
             gave_up_on_target: false,
             last_success: None,
+            last_win_sent_us: None,
+            sold_out_at_us: Vec::new(),
+            won_at_us: Vec::new(),
+            times_max: (ANSWER_TIMES_MAX / args.connections.max(1) as usize).max(1024),
         },
     };
     conn.drive().await;
@@ -290,6 +307,7 @@ impl Conn<'_> {
         self.out.latency_us.saturating_record(latency_us.max(1));
         let outcome = classify(self.shared.args.endpoint, &answer);
         self.count_answered(&outcome, done, latency_us, &answer);
+        self.note_time(&outcome, sent, done);
         match outcome {
             Outcome::Overloaded(after) => {
                 if job.attempt < self.shared.args.retries {
@@ -321,6 +339,25 @@ impl Conn<'_> {
             tally(&mut self.out.by_node, a.node.as_ref());
         }
         self.bump(o);
+    }
+
+    /// Keeps what `early_sold_out` and the sale's tail are computed from.
+    fn note_time(&mut self, o: &Outcome, sent: Instant, done: Instant) {
+        let us = |t: Instant| t.saturating_duration_since(self.shared.started).as_micros() as u64;
+        let out = &mut self.out;
+        match o {
+            Outcome::SoldOut if out.sold_out_at_us.len() < out.times_max => {
+                out.sold_out_at_us.push(us(done));
+            }
+            Outcome::Won => {
+                out.last_win_sent_us = Some(us(sent));
+                if out.won_at_us.len() >= out.times_max {
+                    out.won_at_us.drain(..out.times_max / 2);
+                }
+                out.won_at_us.push(us(done));
+            }
+            _ => {}
+        }
     }
 
     /// Counts a request that got no answer (so no latency sample): an error.

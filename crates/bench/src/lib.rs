@@ -170,12 +170,56 @@ fn told(results: &[ConnResult]) -> check::Told {
     for r in results {
         c.add(&r.counts);
     }
+    let early = early_sold_out(results);
     check::Told {
         winners: c.succeeded,
         unknown: c.errors,
         paid: c.paid,
         pay_unknown: c.pay_unknown,
+        sold_out: c.sold_out,
+        early_sold_out: early.count,
     }
+}
+
+/// `sold_out` answers that arrived before some request that went on to win was sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EarlySoldOut {
+    pub count: u64,
+    /// A connection kept fewer answer times than it had early ones: `count` is a lower bound.
+    pub at_least: bool,
+}
+
+/// Counts the certain phantoms: a user told `sold_out` while a ticket was still to be had by
+/// someone who asked later. In a sale with no payment, cancellation or expiry during the run,
+/// every one of them is a false answer. Each connection's `sold_out` times are in order, so the
+/// early ones are a prefix of each list.
+pub fn early_sold_out(results: &[ConnResult]) -> EarlySoldOut {
+    let Some(last_win) = results.iter().filter_map(|r| r.last_win_sent_us).max() else {
+        return EarlySoldOut::default();
+    };
+    let mut e = EarlySoldOut::default();
+    for r in results {
+        let n = r.sold_out_at_us.partition_point(|&t| t < last_win);
+        e.count += n as u64;
+        e.at_least |= n == r.times_max;
+    }
+    e
+}
+
+/// Time from the first to the last win among the final 1 % of the wins (at least one): how
+/// long a sale's last tickets take to go. `None` without wins.
+pub fn tail_of_wins(results: &[ConnResult], wins: u64) -> Option<f64> {
+    let mut t: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.won_at_us.iter().copied())
+        .collect();
+    if t.is_empty() {
+        return None;
+    }
+    t.sort_unstable();
+    let n = (wins.div_ceil(100) as usize).clamp(1, t.len());
+    let tail = &t[t.len() - n..];
+    Some((tail[tail.len() - 1] - tail[0]) as f64 / 1000.0)
 }
 
 fn build_report(
@@ -235,6 +279,8 @@ fn build_report(
         rps: requests as f64 / duration_s,
         latency_ms: Latency::of(&latency),
         last_success_s: last_success.map(|d| d.as_secs_f64()),
+        early_sold_out: early_sold_out(&results).count,
+        tail_ms: tail_of_wins(&results, counts.succeeded),
         by_node,
         payments: Payments {
             attempted: counts.pay_attempted,

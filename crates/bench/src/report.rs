@@ -98,6 +98,12 @@ pub struct Report {
     pub latency_ms: Latency,
     /// Seconds from the start to the last success (for a sale: when the last ticket went).
     pub last_success_s: Option<f64>,
+    /// `sold_out` answers that arrived before a request that went on to win was sent: users
+    /// told "sold out" while a ticket was still to be had (certain phantoms when nothing was
+    /// paid, cancelled or expired during the run).
+    pub early_sold_out: u64,
+    /// Milliseconds from the first to the last win of the final 1 % of wins: the sale's tail.
+    pub tail_ms: Option<f64>,
     /// Which node (`X-Node-Id`) answered each success.
     pub by_node: BTreeMap<String, u64>,
     pub payments: Payments,
@@ -158,6 +164,14 @@ impl fmt::Display for Report {
             n(self.other),
             n(self.overloaded),
             n(self.errors)
+        )?;
+        let tail = self
+            .tail_ms
+            .map_or("n/a".to_string(), |t| format!("{t:.1} ms"));
+        writeln!(
+            f,
+            "  sold_out   {} before a later winner was sent (phantoms)  tail of the last 1 % of wins {tail}",
+            n(self.early_sold_out),
         )?;
         let l = &self.latency_ms;
         writeln!(

@@ -12,9 +12,14 @@ use crate::ids::{IdempotencyKey, NodeId, ReservationId, SaleId};
 use crate::reservation::Reservation;
 use crate::sale::SaleSpec;
 
-/// A node's lease on a chunk of a sale's stock; the fencing token of its commits.
-/// Increasing per sale, never reused. Zero means "no lease".
+/// A lease of the first version, whose nodes each sold from a leased chunk of a sale's stock.
+/// Journals and streams written then still hold lease events, so they are read and applied;
+/// nothing grants a lease any more. Zero means "no lease": the ticket came from the pool.
 pub type LeaseId = u32;
+
+fn is_pool(lease: &LeaseId) -> bool {
+    *lease == 0
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -23,7 +28,8 @@ pub enum Event {
         spec: SaleSpec,
         at: UnixMs,
     },
-    /// A new lease, or more tickets and a later deadline on a live one. Pool → allotment.
+    /// Legacy (first version): a new lease, or more tickets and a later deadline on a live one.
+    /// Pool → allotment.
     LeaseGranted {
         sale_id: SaleId,
         lease: LeaseId,
@@ -31,22 +37,25 @@ pub enum Event {
         tickets: u64,
         deadline: UnixMs,
     },
+    /// Legacy (first version).
     LeaseRenewed {
         sale_id: SaleId,
         lease: LeaseId,
         deadline: UnixMs,
     },
-    /// Unsold tickets of a lease back to the pool; `closed` ends the lease (released by its
-    /// node, or reclaimed because it lapsed), after which commits naming it are refused.
+    /// Unsold tickets of a (legacy) lease back to the pool; `closed` ends the lease. Still
+    /// recorded when the store takes back the leases a first-version journal left open.
     LeaseReturned {
         sale_id: SaleId,
         lease: LeaseId,
         tickets: u64,
         closed: bool,
     },
-    /// One ticket of a lease's allotment becomes a reservation.
+    /// One ticket of the pool becomes a reservation. `lease` is absent (0) but in first-version
+    /// journals, where the ticket came from that lease's allotment.
     Reserved {
         reservation: Reservation,
+        #[serde(default, skip_serializing_if = "is_pool")]
         lease: LeaseId,
         idempotency_key: Option<IdempotencyKey>,
     },

@@ -1,19 +1,23 @@
 //! The ledger: the global truth of every sale, as a deterministic state machine.
 //!
-//! Per sale it holds the pool, the node leases, every reservation with its state and deadline,
-//! each user's active count and the idempotency keys. Every operation takes `now`, decides,
+//! Per sale it holds the pool, every reservation with its state and deadline, each user's
+//! active count and the idempotency keys. Every operation takes `now`, decides,
 //! records its decision as [`Event`]s in `out` and applies them through [`Ledger::apply`] — the
 //! one function that changes state, which replay calls too. The embedded store runs it under one
 //! lock; the Redis store's Lua scripts implement the same rules.
 //!
-//! Accounting, per sale: `pool + leased + reserved + paid == total`, where `leased` is the sum of
-//! the live leases' unsold tickets. The API's `available` is `pool + leased`.
+//! Accounting, per sale: `pool + leased + reserved + paid == total`. Every reservation is decided
+//! against the pool, so `sold_out` (an empty pool) is the truth for the whole sale, whichever
+//! node asks. `leased` is only ever non-zero after replaying a journal written by the first
+//! version, whose nodes leased chunks of the pool ("allotments"); those legacy leases are read,
+//! never granted, and the store takes them all back when it opens or once they lapse. The
+//! API's `available` is `pool + leased`.
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::UnixMs;
 use crate::event::{Event, LeaseId};
-use crate::ids::{IdempotencyKey, NodeId, ReservationId, SaleId, UserId};
+use crate::ids::{IdempotencyKey, ReservationId, SaleId, UserId};
 use crate::reservation::{Reservation, ReservationState};
 use crate::sale::{SaleSpec, SaleView};
 
@@ -30,8 +34,6 @@ pub enum LedgerError {
     SaleExists,
     #[error("this store already holds {SALES_MAX} sales")]
     TooManySales,
-    #[error("the lease was taken back; the node must lease again")]
-    LeaseLost,
     #[error("no such reservation")]
     ReservationNotFound,
     #[error("the reservation belongs to another user")]
@@ -42,16 +44,6 @@ pub enum LedgerError {
     Cancelled,
     #[error("the reservation is already paid")]
     AlreadyPaid,
-}
-
-/// What a lease request got. `granted` may be 0 (the pool is empty); `lease` is 0 then unless
-/// the node already held a live lease, and `deadline` means nothing (the held lease keeps its
-/// own, which only `renew` moves).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseGrant {
-    pub lease: LeaseId,
-    pub granted: u64,
-    pub deadline: UnixMs,
 }
 
 /// One reservation request inside a batch. The node makes the id.
@@ -65,19 +57,19 @@ pub struct ReserveItem {
 /// The answer to one item of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
-    /// A ticket of the lease became this reservation.
+    /// A ticket of the pool became this reservation.
     Reserved(Reservation),
     /// The idempotency key was seen before: the earlier reservation, no ticket taken.
     Replayed(Reservation),
     /// The user already holds `per_user_limit` tickets; no ticket taken.
     LimitReached,
-    /// The lease has no ticket left for this item (the node's count was ahead of the store's).
+    /// The pool had no ticket left when this item was decided: sold out, truly.
     NoStock,
 }
 
+/// A lease of the first version (see the module doc): read from old journals, never granted.
 #[derive(Debug, Clone)]
 struct Lease {
-    node: NodeId,
     remaining: u64,
     deadline: UnixMs,
 }
@@ -90,7 +82,6 @@ struct Book {
     reserved: u64,
     paid: u64,
     leases: HashMap<LeaseId, Lease>,
-    next_lease: LeaseId,
     /// Tickets each user holds (reserved or paid); users at zero are removed.
     active: HashMap<UserId, u32>,
     idempotency: HashMap<(UserId, IdempotencyKey), ReservationId>,
@@ -192,143 +183,21 @@ impl Ledger {
         Ok(self.books[&id].view())
     }
 
-    /// Leases up to `want` tickets to `node` until `now + lease_ms`. `held` is the lease the
-    /// node believes it holds (0: none). If that lease is live and the node's, it is extended
-    /// (same id); otherwise a new lease id is issued. Any other lease recorded for this node id
-    /// belongs to an earlier process of the same name (restarted, or paused and replaced): it is
-    /// closed into the pool first, since no live process counts on its tickets. Nothing is
-    /// recorded when there is nothing to grant, so a sold-out sale's re-checks cost no event.
-    #[allow(clippy::too_many_arguments)]
-    pub fn lease(
-        &mut self,
-        sale_id: &SaleId,
-        node: &NodeId,
-        held: LeaseId,
-        want: u64,
-        lease_ms: i64,
-        now: UnixMs,
-        out: &mut Vec<Event>,
-    ) -> Result<LeaseGrant, LedgerError> {
-        let book = self.books.get(sale_id).ok_or(LedgerError::SaleNotFound)?;
-        let held_live = held != 0
-            && book
-                .leases
-                .get(&held)
-                .is_some_and(|l| &l.node == node && l.deadline > now);
-        let held = if held_live { held } else { 0 };
-        let mut orphans: Vec<(LeaseId, u64)> = book
-            .leases
-            .iter()
-            .filter(|(id, l)| &l.node == node && **id != held)
-            .map(|(id, l)| (*id, l.remaining))
-            .collect();
-        orphans.sort_unstable();
-        for (lease, tickets) in orphans {
-            let ev = Event::LeaseReturned {
-                sale_id: sale_id.clone(),
-                lease,
-                tickets,
-                closed: true,
-            };
-            self.record(ev, out);
-        }
-        let book = &self.books[sale_id];
-        let granted = want.min(book.pool);
-        if granted == 0 {
-            return Ok(LeaseGrant {
-                lease: held,
-                granted: 0,
-                deadline: now,
-            });
-        }
-        let lease = if held != 0 { held } else { book.next_lease };
-        let deadline = now.plus_ms(lease_ms);
-        self.record(
-            Event::LeaseGranted {
-                sale_id: sale_id.clone(),
-                lease,
-                node: node.clone(),
-                tickets: granted,
-                deadline,
-            },
-            out,
-        );
-        Ok(LeaseGrant {
-            lease,
-            granted,
-            deadline,
-        })
-    }
-
-    /// Extends a live lease. A lease past its deadline is lost even if not yet reclaimed: the
-    /// node may have been paused, and another may already count on those tickets.
-    pub fn renew(
-        &mut self,
-        sale_id: &SaleId,
-        lease: LeaseId,
-        lease_ms: i64,
-        now: UnixMs,
-        out: &mut Vec<Event>,
-    ) -> Result<UnixMs, LedgerError> {
-        self.live_lease(sale_id, lease, now)?;
-        let deadline = now.plus_ms(lease_ms);
-        self.record(
-            Event::LeaseRenewed {
-                sale_id: sale_id.clone(),
-                lease,
-                deadline,
-            },
-            out,
-        );
-        Ok(deadline)
-    }
-
-    /// Gives `tickets` unsold tickets of a lease back to the pool (at most what it holds);
-    /// `close` ends the lease. Returns how many went back.
-    pub fn release(
-        &mut self,
-        sale_id: &SaleId,
-        lease: LeaseId,
-        tickets: u64,
-        close: bool,
-        out: &mut Vec<Event>,
-    ) -> Result<u64, LedgerError> {
-        let book = self.books.get(sale_id).ok_or(LedgerError::SaleNotFound)?;
-        let held = book.leases.get(&lease).ok_or(LedgerError::LeaseLost)?;
-        let tickets = if close {
-            held.remaining
-        } else {
-            tickets.min(held.remaining)
-        };
-        if tickets == 0 && !close {
-            return Ok(0);
-        }
-        self.record(
-            Event::LeaseReturned {
-                sale_id: sale_id.clone(),
-                lease,
-                tickets,
-                closed: close,
-            },
-            out,
-        );
-        Ok(tickets)
-    }
-
-    /// Commits a batch of reservations against one lease, in order, answering each item. The
+    /// Commits a batch of reservations against the pool, in order, answering each item. The
     /// per-user limit and the idempotency key are checked in the same step as the deduction.
     pub fn reserve_batch(
         &mut self,
         sale_id: &SaleId,
-        lease: LeaseId,
         items: &[ReserveItem],
         now: UnixMs,
         out: &mut Vec<Event>,
     ) -> Result<Vec<ReserveOutcome>, LedgerError> {
-        self.live_lease(sale_id, lease, now)?;
+        if !self.books.contains_key(sale_id) {
+            return Err(LedgerError::SaleNotFound);
+        }
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
-            let outcome = self.reserve_one(sale_id, lease, item, now, out);
+            let outcome = self.reserve_one(sale_id, item, now, out);
             outcomes.push(outcome);
         }
         Ok(outcomes)
@@ -337,7 +206,6 @@ impl Ledger {
     fn reserve_one(
         &mut self,
         sale_id: &SaleId,
-        lease: LeaseId,
         item: &ReserveItem,
         now: UnixMs,
         out: &mut Vec<Event>,
@@ -352,7 +220,7 @@ impl Ledger {
         if active >= book.spec.per_user_limit {
             return ReserveOutcome::LimitReached;
         }
-        if book.leases[&lease].remaining == 0 {
+        if book.pool == 0 {
             return ReserveOutcome::NoStock;
         }
         debug_assert!(
@@ -372,7 +240,7 @@ impl Ledger {
         self.record(
             Event::Reserved {
                 reservation: reservation.clone(),
-                lease,
+                lease: 0,
                 idempotency_key: item.idempotency_key.clone(),
             },
             out,
@@ -461,13 +329,13 @@ impl Ledger {
         due.len()
     }
 
-    /// Takes back every lease past its deadline, returning its unsold tickets to the pool.
+    /// Takes back every (legacy) lease past its deadline, returning its unsold tickets to the pool.
     pub fn reclaim_lapsed(&mut self, now: UnixMs, out: &mut Vec<Event>) -> usize {
         self.reclaim_where(|l| l.deadline <= now, out)
     }
 
-    /// Takes back every lease. The embedded store calls this when it opens: the process that
-    /// held those leases is gone, and its in-memory allotments with it.
+    /// Takes back every (legacy) lease. The embedded store calls this when it opens: a journal
+    /// of the first version may hold leases, and the process that held them is gone.
     pub fn reclaim_all(&mut self, out: &mut Vec<Event>) -> usize {
         self.reclaim_where(|_| true, out)
     }
@@ -495,14 +363,6 @@ impl Ledger {
     }
 
     // ----- helpers -----
-
-    fn live_lease(&self, sale_id: &SaleId, lease: LeaseId, now: UnixMs) -> Result<(), LedgerError> {
-        let book = self.books.get(sale_id).ok_or(LedgerError::SaleNotFound)?;
-        match book.leases.get(&lease) {
-            Some(l) if l.deadline > now => Ok(()),
-            _ => Err(LedgerError::LeaseLost),
-        }
-    }
 
     fn owned_reservation(
         &self,
@@ -559,16 +419,15 @@ impl Ledger {
             Event::LeaseGranted {
                 sale_id,
                 lease,
-                node,
                 tickets,
                 deadline,
+                ..
             } => {
                 let book = self.books.get_mut(sale_id).ok_or_else(|| err("no sale"))?;
                 if *tickets > book.pool || *lease == 0 {
                     return Err(err("lease grant exceeds the pool"));
                 }
                 let l = book.leases.entry(*lease).or_insert_with(|| Lease {
-                    node: node.clone(),
                     remaining: 0,
                     deadline: *deadline,
                 });
@@ -576,7 +435,6 @@ impl Ledger {
                 l.deadline = *deadline;
                 book.pool -= tickets;
                 book.leased += tickets;
-                book.next_lease = book.next_lease.max(lease.saturating_add(1));
             }
             Event::LeaseRenewed {
                 sale_id,
@@ -617,12 +475,20 @@ impl Ledger {
                     .books
                     .get_mut(&r.sale_id)
                     .ok_or_else(|| err("no sale"))?;
-                let l = book.leases.get_mut(lease).ok_or_else(|| err("no lease"))?;
-                if l.remaining == 0 {
-                    return Err(err("lease has no ticket left"));
+                if *lease == 0 {
+                    if book.pool == 0 {
+                        return Err(err("the pool has no ticket left"));
+                    }
+                    book.pool -= 1;
+                } else {
+                    // A first-version journal: the ticket came from a node's lease.
+                    let l = book.leases.get_mut(lease).ok_or_else(|| err("no lease"))?;
+                    if l.remaining == 0 {
+                        return Err(err("lease has no ticket left"));
+                    }
+                    l.remaining -= 1;
+                    book.leased -= 1;
                 }
-                l.remaining -= 1;
-                book.leased -= 1;
                 book.reserved += 1;
                 *book.active.entry(r.user_id.clone()).or_insert(0) += 1;
                 if let Some(key) = idempotency_key {
@@ -762,7 +628,6 @@ fn new_book(spec: SaleSpec) -> Book {
         reserved: 0,
         paid: 0,
         leases: HashMap::new(),
-        next_lease: 1,
         active: HashMap::new(),
         idempotency: HashMap::new(),
         due: BTreeSet::new(),
@@ -772,6 +637,7 @@ fn new_book(spec: SaleSpec) -> Book {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::NodeId;
 
     const T0: UnixMs = UnixMs(1_700_000_000_000);
     const LEASE_MS: i64 = 5_000;
@@ -794,53 +660,22 @@ mod tests {
         T0.plus_ms(ms)
     }
 
-    /// A sale of `total` tickets, `limit` per user, with node "a" leasing `leased` at T0.
+    /// A sale of `total` tickets, `limit` per user.
     struct Fx {
         l: Ledger,
         ev: Vec<Event>,
-        lease: LeaseId,
     }
 
-    fn setup(total: u64, limit: u32, leased: u64) -> Fx {
+    fn setup(total: u64, limit: u32) -> Fx {
         let mut l = Ledger::new();
         let mut ev = Vec::new();
         let spec = SaleSpec::new(sid(), None, total, Some(limit), Some(2), T0).unwrap();
         l.create_sale(spec, T0, &mut ev).unwrap();
-        let lease = l
-            .lease(&sid(), &node("a"), 0, leased, LEASE_MS, T0, &mut ev)
-            .unwrap()
-            .lease;
-        Fx { l, ev, lease }
+        Fx { l, ev }
     }
 
     impl Fx {
-        /// A lease request by node `who`, which believes it holds `held`.
-        fn grant(&mut self, who: &str, held: LeaseId, want: u64, now: UnixMs) -> LeaseGrant {
-            self.l
-                .lease(&sid(), &node(who), held, want, LEASE_MS, now, &mut self.ev)
-                .unwrap()
-        }
-
-        /// Commits one reservation against `lease`, whatever the fixture's lease is.
-        fn reserve_on(
-            &mut self,
-            lease: LeaseId,
-            id: &str,
-            who: &str,
-            now: UnixMs,
-        ) -> Result<ReserveOutcome, LedgerError> {
-            let item = ReserveItem {
-                id: rid(id),
-                user_id: user(who),
-                idempotency_key: None,
-            };
-            let out = self
-                .l
-                .reserve_batch(&sid(), lease, &[item], now, &mut self.ev)?;
-            Ok(out.into_iter().next().unwrap())
-        }
-
-        /// Reserves one ticket on the fixture's lease; `key` is an idempotency key.
+        /// Reserves one ticket; `key` is an idempotency key.
         fn reserve(
             &mut self,
             id: &str,
@@ -853,10 +688,7 @@ mod tests {
                 user_id: user(who),
                 idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
             };
-            let lease = self.lease;
-            let out = self
-                .l
-                .reserve_batch(&sid(), lease, &[item], now, &mut self.ev)?;
+            let out = self.l.reserve_batch(&sid(), &[item], now, &mut self.ev)?;
             Ok(out.into_iter().next().unwrap())
         }
 
@@ -906,7 +738,7 @@ mod tests {
 
     #[test]
     fn sold_out_after_last_ticket() {
-        let mut f = setup(2, 5, 10);
+        let mut f = setup(2, 5);
         let items: Vec<ReserveItem> = ["r1", "r2", "r3"]
             .iter()
             .enumerate()
@@ -916,26 +748,31 @@ mod tests {
                 idempotency_key: None,
             })
             .collect();
-        let out =
-            f.l.reserve_batch(&sid(), f.lease, &items, T0, &mut f.ev)
-                .unwrap();
+        let out = f.l.reserve_batch(&sid(), &items, T0, &mut f.ev).unwrap();
         assert!(matches!(out[0], ReserveOutcome::Reserved(_)));
         assert!(matches!(out[1], ReserveOutcome::Reserved(_)));
         assert_eq!(out[2], ReserveOutcome::NoStock);
         assert!(f.l.reservation(&rid("r3")).is_none());
         assert_eq!(f.counts(), (0, 2, 0));
-        // The holder's re-lease keeps its lease but grants nothing; another node gets none.
-        let lease = f.lease;
-        let g = f.grant("a", lease, 5, at(10));
-        assert_eq!((g.lease, g.granted), (lease, 0));
-        let g = f.grant("b", 0, 5, at(10));
-        assert_eq!((g.lease, g.granted), (0, 0));
-        f.l.check_invariants().unwrap();
+        // Every later batch, from any node, finds the same empty pool and records nothing.
+        let n = f.events_of(|f| {
+            assert_eq!(
+                f.reserve("r4", "u9", None, at(10)),
+                Ok(ReserveOutcome::NoStock)
+            );
+        });
+        assert_eq!(n, 0);
+        // An unknown sale is refused whole.
+        let other = SaleId::parse("s9").unwrap();
+        assert_eq!(
+            f.l.reserve_batch(&other, &items, T0, &mut f.ev),
+            Err(LedgerError::SaleNotFound)
+        );
     }
 
     #[test]
     fn limit_reached_counts_reserved_and_paid() {
-        let mut f = setup(10, 2, 10);
+        let mut f = setup(10, 2);
         f.take("r1", "u1");
         f.pay("r1", "u1", at(1)).unwrap();
         f.take("r2", "u1");
@@ -958,7 +795,7 @@ mod tests {
 
     #[test]
     fn idempotent_replay_takes_no_ticket() {
-        let mut f = setup(10, 1, 10);
+        let mut f = setup(10, 1);
         let first = f.reserve("r1", "u1", Some("k1"), T0).unwrap();
         let ReserveOutcome::Reserved(r1) = first else {
             panic!("{first:?}")
@@ -980,7 +817,7 @@ mod tests {
             idempotency_key: Some(key.clone()),
         };
         let out =
-            f.l.reserve_batch(&sid(), f.lease, &[item("r3"), item("r4")], T0, &mut f.ev)
+            f.l.reserve_batch(&sid(), &[item("r3"), item("r4")], T0, &mut f.ev)
                 .unwrap();
         let ReserveOutcome::Reserved(r3) = &out[0] else {
             panic!("{out:?}")
@@ -998,7 +835,7 @@ mod tests {
 
     #[test]
     fn pay_after_deadline_expires() {
-        let mut f = setup(5, 5, 5);
+        let mut f = setup(5, 5);
         f.take("r1", "u1");
         f.take("r2", "u1");
         assert_eq!(
@@ -1020,8 +857,7 @@ mod tests {
 
     #[test]
     fn cancel_returns_ticket_to_pool() {
-        // Node a leases 2 of 3; the cancelled ticket goes to the pool, not back to a's lease.
-        let mut f = setup(3, 5, 2);
+        let mut f = setup(3, 5);
         f.take("r1", "u1");
         assert_eq!(f.counts(), (2, 1, 0));
         let r = f.cancel("r1", "u1", at(1)).unwrap();
@@ -1032,10 +868,13 @@ mod tests {
         assert_eq!(f.counts(), (3, 0, 0));
         assert_eq!(f.l.active_of(&sid(), &user("u1")), 0);
         assert_eq!(f.l.next_due(), None);
-        let g = f.grant("b", 0, 10, at(2));
+        // The cancelled ticket sells again: all three are for sale.
+        for (id, u) in [("r2", "u2"), ("r3", "u3"), ("r4", "u4")] {
+            f.take(id, u);
+        }
         assert_eq!(
-            g.granted, 2,
-            "the pool holds the untouched ticket and the cancelled one"
+            f.reserve("r5", "u5", None, at(2)),
+            Ok(ReserveOutcome::NoStock)
         );
         // Cancelling again changes nothing.
         let n = f.events_of(|f| {
@@ -1046,7 +885,7 @@ mod tests {
 
     #[test]
     fn cancel_after_deadline_expires() {
-        let mut f = setup(3, 5, 3);
+        let mut f = setup(3, 5);
         f.take("r1", "u1");
         assert_eq!(f.cancel("r1", "u1", at(HOLD_MS)), Err(LedgerError::Expired));
         assert_eq!(f.state("r1"), ReservationState::Expired);
@@ -1055,378 +894,8 @@ mod tests {
     }
 
     #[test]
-    fn lapsed_lease_is_refused_and_reclaimed() {
-        let mut f = setup(10, 5, 4);
-        assert!(matches!(
-            f.reserve("r1", "u1", None, at(LEASE_MS - 1)),
-            Ok(ReserveOutcome::Reserved(_))
-        ));
-        // At its deadline the lease is lost, even before the reaper reclaims it.
-        let n = f.events_of(|f| {
-            assert_eq!(
-                f.reserve("r2", "u2", None, at(LEASE_MS)),
-                Err(LedgerError::LeaseLost)
-            );
-            let lease = f.lease;
-            assert_eq!(
-                f.l.renew(&sid(), lease, LEASE_MS, at(LEASE_MS), &mut f.ev),
-                Err(LedgerError::LeaseLost)
-            );
-        });
-        assert_eq!(n, 0);
-        assert!(f.l.reservation(&rid("r2")).is_none());
-        assert_eq!(f.l.reclaim_lapsed(at(LEASE_MS - 1), &mut f.ev), 0);
-        assert_eq!(f.l.reclaim_lapsed(at(LEASE_MS), &mut f.ev), 1);
-        assert_eq!(
-            f.l.reclaim_lapsed(at(LEASE_MS), &mut f.ev),
-            0,
-            "reclaiming is idempotent"
-        );
-        assert_eq!(f.counts(), (9, 1, 0));
-        // The 3 unsold tickets are back in the pool: another node can lease all 9.
-        let g = f.grant("b", 0, 100, at(LEASE_MS));
-        assert_eq!(g.granted, 9);
-        assert!(g.lease > f.lease, "lease ids are never reused");
-        // A paused node waking with the reclaimed lease is fenced off, whatever its clock says.
-        let stale = f.lease;
-        assert_eq!(f.reserve("r3", "u3", None, T0), Err(LedgerError::LeaseLost));
-        assert_eq!(
-            f.l.release(&sid(), stale, 1, false, &mut f.ev),
-            Err(LedgerError::LeaseLost)
-        );
-        // The reservation made under the lease is untouched.
-        assert_eq!(f.state("r1"), ReservationState::Reserved);
-        f.l.check_invariants().unwrap();
-    }
-
-    #[test]
-    fn lease_extends_the_held_lease_with_the_same_id() {
-        let mut f = setup(10, 5, 3);
-        let lease = f.lease;
-        let n = f.events_of(|f| {
-            let g = f.grant("a", lease, 2, at(1_000));
-            assert_eq!(
-                g,
-                LeaseGrant {
-                    lease,
-                    granted: 2,
-                    deadline: at(1_000 + LEASE_MS)
-                }
-            );
-        });
-        assert_eq!(n, 1, "one grant, nothing closed");
-        assert_eq!(f.counts(), (10, 0, 0));
-        // The old deadline no longer applies.
-        assert!(f.reserve("r1", "u1", None, at(LEASE_MS)).is_ok());
-        let b = f.grant("b", 0, 4, at(1_000));
-        assert_eq!(b.granted, 4, "a holds 5 of the 10; 1 is left in the pool");
-        assert_ne!(b.lease, lease);
-        // Renewing extends too. At its deadline the lease is lapsed: naming it gets the node a
-        // fresh id even before the reaper has reclaimed it, and the lapsed lease is closed on
-        // the way, its 4 unsold tickets back in the pool.
-        let d =
-            f.l.renew(&sid(), lease, LEASE_MS, at(2_000), &mut f.ev)
-                .unwrap();
-        assert_eq!(d, at(2_000 + LEASE_MS));
-        let later = at(2_000 + LEASE_MS);
-        let before = f.ev.len();
-        let g = f.grant("a", lease, 1, later);
-        assert_eq!(g.granted, 1);
-        assert!(g.lease > b.lease);
-        assert_eq!(
-            f.ev[before..],
-            [
-                Event::LeaseReturned {
-                    sale_id: sid(),
-                    lease,
-                    tickets: 4,
-                    closed: true
-                },
-                Event::LeaseGranted {
-                    sale_id: sid(),
-                    lease: g.lease,
-                    node: node("a"),
-                    tickets: 1,
-                    deadline: later.plus_ms(LEASE_MS)
-                }
-            ]
-        );
-        assert_eq!(
-            f.reserve("r2", "u2", None, at(2_000)),
-            Err(LedgerError::LeaseLost),
-            "the old lease is closed, whatever the caller's clock says"
-        );
-        assert_eq!(
-            f.l.reclaim_lapsed(later, &mut f.ev),
-            1,
-            "only b's: a's old lease is already closed"
-        );
-        assert_eq!(f.counts(), (9, 1, 0));
-        f.l.check_invariants().unwrap();
-    }
-
-    #[test]
-    fn another_nodes_lease_id_is_neither_extended_nor_closed() {
-        let mut f = setup(10, 5, 3);
-        let a = f.lease;
-        let before = f.ev.len();
-        let g = f.grant("b", a, 2, at(10));
-        assert_eq!(g.granted, 2);
-        assert!(g.lease > a, "b gets a lease of its own");
-        assert_eq!(f.ev.len(), before + 1, "a's lease is not b's to close");
-        // a's lease stands, with its tickets and its deadline.
-        assert!(matches!(
-            f.reserve("r1", "u1", None, at(LEASE_MS - 1)),
-            Ok(ReserveOutcome::Reserved(_))
-        ));
-        assert_eq!(
-            f.reserve("r2", "u2", None, at(LEASE_MS)),
-            Err(LedgerError::LeaseLost)
-        );
-        assert!(matches!(
-            f.reserve_on(g.lease, "r3", "u3", at(LEASE_MS)),
-            Ok(ReserveOutcome::Reserved(_))
-        ));
-        assert_eq!(f.counts(), (8, 2, 0));
-        f.l.check_invariants().unwrap();
-    }
-
-    #[test]
-    fn restarted_node_with_same_id_gets_a_fresh_lease_and_the_old_share_back() {
-        // Node a leases 6 of 10 and sells 2; node b leases 3; 1 is left in the pool.
-        let mut f = setup(10, 5, 6);
-        f.take("r1", "u1");
-        f.take("r2", "u2");
-        let old = f.lease;
-        let b = f.grant("b", 0, 3, at(10));
-        assert_eq!(b.granted, 3);
-        // a's process dies with 4 unsold tickets on a live lease. A new process under the same
-        // node id holds no lease (held 0) and asks for 5.
-        let before = f.ev.len();
-        let g = f.grant("a", 0, 5, at(20));
-        assert_eq!(
-            g.granted, 5,
-            "the dead lease's 4 tickets are back in the pool, with the 1 left"
-        );
-        assert_ne!(g.lease, old, "a fresh lease, not the dead process's");
-        assert!(g.lease > b.lease, "lease ids are never reused");
-        assert_eq!(g.deadline, at(20 + LEASE_MS));
-        assert_eq!(
-            f.ev[before..],
-            [
-                Event::LeaseReturned {
-                    sale_id: sid(),
-                    lease: old,
-                    tickets: 4,
-                    closed: true
-                },
-                Event::LeaseGranted {
-                    sale_id: sid(),
-                    lease: g.lease,
-                    node: node("a"),
-                    tickets: 5,
-                    deadline: at(20 + LEASE_MS)
-                }
-            ]
-        );
-        // The old lease is fenced off though its deadline has not passed: a paused process
-        // waking with it sells nothing.
-        let n = f.events_of(|f| {
-            assert_eq!(
-                f.reserve("r3", "u3", None, at(30)),
-                Err(LedgerError::LeaseLost)
-            );
-            assert_eq!(
-                f.l.renew(&sid(), old, LEASE_MS, at(30), &mut f.ev),
-                Err(LedgerError::LeaseLost)
-            );
-            assert_eq!(
-                f.l.release(&sid(), old, 1, true, &mut f.ev),
-                Err(LedgerError::LeaseLost)
-            );
-        });
-        assert_eq!(n, 0);
-        // The reservations made under it stand; b's lease is untouched; the new one sells.
-        assert_eq!(f.state("r1"), ReservationState::Reserved);
-        assert_eq!(f.state("r2"), ReservationState::Reserved);
-        assert!(matches!(
-            f.reserve_on(b.lease, "r4", "u4", at(30)),
-            Ok(ReserveOutcome::Reserved(_))
-        ));
-        assert!(matches!(
-            f.reserve_on(g.lease, "r5", "u5", at(30)),
-            Ok(ReserveOutcome::Reserved(_))
-        ));
-        assert_eq!(f.counts(), (6, 4, 0));
-        // The closed lease is not reclaimed a second time when its deadline passes.
-        assert_eq!(f.l.reclaim_lapsed(at(LEASE_MS), &mut f.ev), 0);
-        f.l.check_invariants().unwrap();
-        let mut replayed = Ledger::new();
-        for e in &f.ev {
-            replayed.apply(e).unwrap();
-        }
-        assert_eq!(snapshot(&replayed), snapshot(&f.l));
-    }
-
-    #[test]
-    fn every_other_lease_of_the_node_is_closed_in_id_order() {
-        // A journal written before leases were keyed by id may hold several leases of one node.
-        let mut f = setup(10, 5, 2);
-        for (lease, who, tickets) in [(2, "a", 3), (3, "b", 1), (4, "a", 1)] {
-            let ev = Event::LeaseGranted {
-                sale_id: sid(),
-                lease,
-                node: node(who),
-                tickets,
-                deadline: at(LEASE_MS),
-            };
-            f.l.apply(&ev).unwrap();
-            f.ev.push(ev);
-        }
-        let mut replayed = Ledger::new();
-        for e in &f.ev {
-            replayed.apply(e).unwrap();
-        }
-        // Holding 2, a keeps it and gets the others' tickets back first.
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        let ga =
-            f.l.lease(&sid(), &node("a"), 2, 1, LEASE_MS, at(10), &mut a)
-                .unwrap();
-        let gb = replayed
-            .lease(&sid(), &node("a"), 2, 1, LEASE_MS, at(10), &mut b)
-            .unwrap();
-        assert_eq!((ga, &a), (gb, &b), "the same decision, event for event");
-        assert_eq!((ga.lease, ga.granted), (2, 1));
-        let closed = |lease, tickets| Event::LeaseReturned {
-            sale_id: sid(),
-            lease,
-            tickets,
-            closed: true,
-        };
-        assert_eq!(a[..2], [closed(1, 2), closed(4, 1)]);
-        assert_eq!(a.len(), 3);
-        f.ev.extend(a);
-        // A new process (held 0) closes 2 as well; b's lease 3 is never touched.
-        let n = f.events_of(|f| {
-            let g = f.grant("a", 0, 0, at(20));
-            assert_eq!((g.lease, g.granted), (0, 0));
-        });
-        assert_eq!(n, 1);
-        assert_eq!(f.ev.last(), Some(&closed(2, 4)));
-        assert!(matches!(
-            f.reserve_on(3, "r1", "u1", at(20)),
-            Ok(ReserveOutcome::Reserved(_))
-        ));
-        f.l.check_invariants().unwrap();
-    }
-
-    #[test]
-    fn zero_grant_with_live_lease_records_nothing() {
-        // a holds all 3 tickets; nothing is left in the pool.
-        let mut f = setup(3, 5, 3);
-        f.take("r1", "u1");
-        let lease = f.lease;
-        let n = f.events_of(|f| {
-            let g = f.grant("a", lease, 5, at(1_000));
-            assert_eq!(
-                (g.lease, g.granted),
-                (lease, 0),
-                "the live lease, nothing more"
-            );
-            let g = f.grant("a", lease, 0, at(1_000));
-            assert_eq!((g.lease, g.granted), (lease, 0));
-            let g = f.grant("b", 0, 5, at(1_000));
-            assert_eq!((g.lease, g.granted), (0, 0));
-        });
-        assert_eq!(n, 0, "no grant, no extension, nothing closed");
-        // Nothing was extended either: the lease lapses at its first deadline.
-        assert!(matches!(
-            f.reserve("r2", "u2", None, at(LEASE_MS - 1)),
-            Ok(ReserveOutcome::Reserved(_))
-        ));
-        assert_eq!(
-            f.reserve("r3", "u3", None, at(LEASE_MS)),
-            Err(LedgerError::LeaseLost)
-        );
-        assert_eq!(f.counts(), (1, 2, 0));
-        f.l.check_invariants().unwrap();
-    }
-
-    #[test]
-    fn zero_grant_still_closes_the_nodes_old_leases() {
-        // a sold both tickets of its lease; then a new process of a leases with held 0.
-        let mut f = setup(2, 5, 2);
-        f.take("r1", "u1");
-        f.take("r2", "u2");
-        let old = f.lease;
-        let n = f.events_of(|f| {
-            let g = f.grant("a", 0, 5, at(10));
-            assert_eq!((g.lease, g.granted), (0, 0));
-        });
-        assert_eq!(n, 1);
-        assert_eq!(
-            f.ev.last(),
-            Some(&Event::LeaseReturned {
-                sale_id: sid(),
-                lease: old,
-                tickets: 0,
-                closed: true
-            })
-        );
-        assert_eq!(
-            f.reserve("r3", "u3", None, at(10)),
-            Err(LedgerError::LeaseLost)
-        );
-        // Nothing left to close the second time.
-        let n = f.events_of(|f| {
-            let g = f.grant("a", old, 5, at(20));
-            assert_eq!((g.lease, g.granted), (0, 0));
-        });
-        assert_eq!(n, 0);
-        assert_eq!(f.counts(), (0, 2, 0));
-    }
-
-    #[test]
-    fn lease_on_empty_pool_records_nothing() {
-        let mut f = setup(2, 5, 2);
-        let n = f.events_of(|f| {
-            let g = f.grant("b", 0, 5, T0);
-            assert_eq!(
-                g,
-                LeaseGrant {
-                    lease: 0,
-                    granted: 0,
-                    deadline: T0
-                }
-            );
-            let g = f.grant("c", 0, 0, T0);
-            assert_eq!((g.lease, g.granted), (0, 0));
-        });
-        assert_eq!(n, 0);
-        // Lease 0 is "no lease": committing against it is refused.
-        assert_eq!(f.reserve_on(0, "r1", "u1", T0), Err(LedgerError::LeaseLost));
-    }
-
-    #[test]
-    fn release_returns_unsold_tickets() {
-        let mut f = setup(10, 5, 6);
-        f.take("r1", "u1");
-        let lease = f.lease;
-        assert_eq!(f.l.release(&sid(), lease, 2, false, &mut f.ev), Ok(2));
-        assert_eq!(f.l.release(&sid(), lease, 0, false, &mut f.ev), Ok(0));
-        let g = f.grant("b", 0, 100, T0);
-        assert_eq!(g.granted, 6, "4 never leased and 2 returned");
-        // More than the lease holds is capped; closing returns the rest and ends the lease.
-        assert_eq!(f.l.release(&sid(), lease, 100, false, &mut f.ev), Ok(3));
-        assert_eq!(f.l.release(&sid(), lease, 0, true, &mut f.ev), Ok(0));
-        assert_eq!(f.reserve("r2", "u2", None, T0), Err(LedgerError::LeaseLost));
-        assert_eq!(f.counts(), (9, 1, 0));
-        f.l.check_invariants().unwrap();
-    }
-
-    #[test]
     fn expire_due_is_idempotent() {
-        let mut f = setup(10, 5, 10);
+        let mut f = setup(10, 5);
         for (i, id) in ["r1", "r2", "r3"].iter().enumerate() {
             let now = at(100 * i as i64);
             assert!(matches!(
@@ -1460,7 +929,7 @@ mod tests {
 
     #[test]
     fn paid_cancelled_expired_are_final() {
-        let mut f = setup(10, 5, 10);
+        let mut f = setup(10, 5);
         f.take("paid", "u1");
         f.take("cancelled", "u1");
         f.take("expired", "u1");
@@ -1491,7 +960,7 @@ mod tests {
 
     #[test]
     fn another_users_reservation_is_forbidden() {
-        let mut f = setup(10, 5, 10);
+        let mut f = setup(10, 5);
         f.take("r1", "u1");
         let before = snapshot(&f.l);
         let n = f.events_of(|f| {
@@ -1506,7 +975,7 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_not_found() {
-        let mut f = setup(10, 5, 10);
+        let mut f = setup(10, 5);
         let n = f.events_of(|f| {
             assert_eq!(
                 f.pay("nope", "u1", T0),
@@ -1519,32 +988,8 @@ mod tests {
             let other = SaleId::parse("s2").unwrap();
             let ev = &mut f.ev;
             assert_eq!(
-                f.l.lease(&other, &node("a"), 0, 1, LEASE_MS, T0, ev),
+                f.l.reserve_batch(&other, &[], T0, ev),
                 Err(LedgerError::SaleNotFound)
-            );
-            assert_eq!(
-                f.l.lease(&other, &node("a"), 1, 1, LEASE_MS, T0, ev),
-                Err(LedgerError::SaleNotFound)
-            );
-            assert_eq!(
-                f.l.renew(&other, 1, LEASE_MS, T0, ev),
-                Err(LedgerError::SaleNotFound)
-            );
-            assert_eq!(
-                f.l.release(&other, 1, 1, true, ev),
-                Err(LedgerError::SaleNotFound)
-            );
-            assert_eq!(
-                f.l.reserve_batch(&other, 1, &[], T0, ev),
-                Err(LedgerError::SaleNotFound)
-            );
-            assert_eq!(
-                f.l.release(&sid(), 99, 1, true, ev),
-                Err(LedgerError::LeaseLost)
-            );
-            assert_eq!(
-                f.l.renew(&sid(), 99, LEASE_MS, T0, ev),
-                Err(LedgerError::LeaseLost)
             );
             assert!(f.l.sale(&other).is_none());
         });
@@ -1583,19 +1028,14 @@ mod tests {
 
     #[test]
     fn replay_rebuilds_the_same_state() {
-        let mut f = setup(20, 2, 8);
+        let mut f = setup(20, 2);
         f.reserve("r1", "u1", Some("k"), T0).unwrap();
         f.take("r2", "u2");
         f.take("r3", "u2");
         f.take("r4", "u3");
         f.pay("r2", "u2", at(10)).unwrap();
         f.cancel("r3", "u2", at(20)).unwrap();
-        f.grant("b", 0, 4, at(30));
-        f.l.renew(&sid(), f.lease, LEASE_MS, at(40), &mut f.ev)
-            .unwrap();
-        f.l.release(&sid(), f.lease, 1, false, &mut f.ev).unwrap();
         f.l.expire_due(at(HOLD_MS), 10, &mut f.ev);
-        f.l.reclaim_lapsed(at(LEASE_MS + 30), &mut f.ev);
         f.l.check_invariants().unwrap();
 
         let mut replayed = Ledger::new();
@@ -1616,31 +1056,123 @@ mod tests {
             replayed.find_idempotent(&sid(), &user("u1"), &key),
             f.l.find_idempotent(&sid(), &user("u1"), &key)
         );
-        // Both decide alike from here on: same lease ids, same grants, same events.
-        let now = at(LEASE_MS + 40);
+        // Both decide alike from here on: same outcomes, same events.
+        let now = at(HOLD_MS + 40);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let ga =
-            f.l.lease(&sid(), &node("c"), 0, 3, LEASE_MS, now, &mut a)
-                .unwrap();
-        let gb = replayed
-            .lease(&sid(), &node("c"), 0, 3, LEASE_MS, now, &mut b)
-            .unwrap();
-        assert_eq!((ga, &a), (gb, &b));
-        let mut a2 = Vec::new();
-        let mut b2 = Vec::new();
-        f.l.reclaim_all(&mut a2);
-        replayed.reclaim_all(&mut b2);
-        assert_eq!(a2, b2);
+        let items = [ReserveItem {
+            id: rid("r9"),
+            user_id: user("u9"),
+            idempotency_key: None,
+        }];
+        let oa = f.l.reserve_batch(&sid(), &items, now, &mut a).unwrap();
+        let ob = replayed.reserve_batch(&sid(), &items, now, &mut b).unwrap();
+        assert_eq!((oa, &a), (ob, &b));
         assert_eq!(snapshot(&replayed), snapshot(&f.l));
+    }
+
+    /// A journal of the first version: nodes leased chunks, reservations name their lease.
+    /// It replays to the same counts, and taking the leases back puts their unsold tickets in
+    /// the pool, where every node can sell them.
+    #[test]
+    fn first_version_journal_replays_and_its_leases_come_back() {
+        let spec = SaleSpec::new(sid(), None, 10, Some(5), Some(2), T0).unwrap();
+        let lease_of = |lease: LeaseId, tickets: u64| Event::LeaseGranted {
+            sale_id: sid(),
+            lease,
+            node: node("a"),
+            tickets,
+            deadline: at(LEASE_MS),
+        };
+        let reserved = |id: &str, lease: LeaseId| Event::Reserved {
+            reservation: Reservation {
+                id: rid(id),
+                sale_id: sid(),
+                user_id: user("u1"),
+                state: ReservationState::Reserved,
+                created_at: T0,
+                expires_at: at(HOLD_MS),
+                paid_at: None,
+                updated_at: T0,
+            },
+            lease,
+            idempotency_key: None,
+        };
+        let log = [
+            Event::SaleCreated { spec, at: T0 },
+            lease_of(1, 4),
+            lease_of(2, 3),
+            reserved("r1", 1),
+            reserved("r2", 2),
+            Event::LeaseRenewed {
+                sale_id: sid(),
+                lease: 1,
+                deadline: at(2 * LEASE_MS),
+            },
+            Event::LeaseReturned {
+                sale_id: sid(),
+                lease: 2,
+                tickets: 2,
+                closed: true,
+            },
+            // Written by this version after the upgrade: from the pool.
+            reserved("r3", 0),
+        ];
+        let mut l = Ledger::new();
+        for e in &log {
+            l.apply(e).unwrap();
+        }
+        l.check_invariants().unwrap();
+        let v = l.sale(&sid()).unwrap();
+        assert_eq!((v.available, v.reserved), (7, 3));
+        // Lease 1 (3 unsold) is still open: it lapses at its renewed deadline.
+        let mut out = Vec::new();
+        assert_eq!(l.reclaim_lapsed(at(2 * LEASE_MS - 1), &mut out), 0);
+        assert_eq!(l.reclaim_lapsed(at(2 * LEASE_MS), &mut out), 1);
+        assert_eq!(
+            out,
+            [Event::LeaseReturned {
+                sale_id: sid(),
+                lease: 1,
+                tickets: 3,
+                closed: true
+            }]
+        );
+        assert_eq!(l.reclaim_all(&mut out), 0, "nothing left to take back");
+        // All 7 unsold tickets sell from the pool now; the 8th request is sold out.
+        let items: Vec<ReserveItem> = (0..8)
+            .map(|i| ReserveItem {
+                id: rid(&format!("n{i}")),
+                user_id: user(&format!("v{i}")),
+                idempotency_key: None,
+            })
+            .collect();
+        let got = l.reserve_batch(&sid(), &items, at(1), &mut out).unwrap();
+        let won = got
+            .iter()
+            .filter(|o| matches!(o, ReserveOutcome::Reserved(_)))
+            .count();
+        assert_eq!((won, got[7].clone()), (7, ReserveOutcome::NoStock));
+        // A reservation naming a lease nobody holds does not apply.
+        assert!(l.apply(&reserved("r4", 9)).is_err());
+        l.check_invariants().unwrap();
     }
 
     #[test]
     fn apply_refuses_events_that_do_not_fit() {
-        let mut f = setup(5, 5, 2);
+        let mut f = setup(5, 5);
         f.take("held", "u1");
         f.take("paid", "u1");
         f.pay("paid", "u1", at(1)).unwrap();
-        let lease_b = f.grant("b", 0, 1, T0).lease;
+        // A legacy lease of one ticket, as a first-version journal would hold.
+        let lease_b = 7;
+        f.l.apply(&Event::LeaseGranted {
+            sale_id: sid(),
+            lease: lease_b,
+            node: node("b"),
+            tickets: 1,
+            deadline: at(LEASE_MS),
+        })
+        .unwrap();
         let template = f.l.reservation(&rid("held")).unwrap().clone();
         let spec = f.view().spec;
         let reserved = |id: &str, lease: LeaseId| Event::Reserved {
@@ -1700,8 +1232,8 @@ mod tests {
                 closed: true,
             },
             reserved("held", lease_b),
+            reserved("held", 0),
             reserved("new", 9),
-            reserved("new", f.lease),
             Event::Paid {
                 sale_id: s.clone(),
                 id: rid("nope"),

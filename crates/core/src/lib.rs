@@ -4,7 +4,6 @@
 //! clock or a random number generator; time and ids are passed in. That is what makes the
 //! model replayable from a journal and testable with random interleavings.
 
-pub mod allotment;
 pub mod audit;
 pub mod clock;
 pub mod event;
@@ -12,12 +11,13 @@ pub mod ids;
 pub mod ledger;
 pub mod reservation;
 pub mod sale;
+pub mod sold_out;
 
-pub use allotment::Allotment;
 pub use audit::{audit_sale, AuditReport};
 pub use clock::{TimeError, UnixMs};
 pub use event::{Event, LeaseId};
 pub use ids::{IdError, IdempotencyKey, NodeId, ReservationId, SaleId, UserId};
-pub use ledger::{ApplyError, LeaseGrant, Ledger, LedgerError, ReserveItem, ReserveOutcome};
+pub use ledger::{ApplyError, Ledger, LedgerError, ReserveItem, ReserveOutcome};
 pub use reservation::{Reservation, ReservationState};
 pub use sale::{SaleSpec, SaleSpecError, SaleView};
+pub use sold_out::{Admit, SoldOutGate};

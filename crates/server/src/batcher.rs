@@ -1,30 +1,32 @@
 //! The request batcher: one store commit for many concurrent reservations of a sale.
 //!
-//! Handlers hand their item (with the lease its ticket came from) to the sale's batcher through
-//! a bounded queue; a full queue is the node's signal to shed (429). The batcher takes what is
-//! queued (up to `batch_size_max`, waiting at most `batch_wait` for more), and commits it in one
-//! store call while the next batch gathers; up to `BATCHES_IN_FLIGHT_MAX` commits overlap.
+//! Handlers hand their item to the sale's batcher through a bounded queue; a full queue is the
+//! node's signal to shed (429). The batcher takes what is queued (up to `batch_size_max`,
+//! waiting at most `batch_wait` for more), and commits it in one store call while the next
+//! batch gathers; up to `BATCHES_IN_FLIGHT_MAX` commits overlap. Each answer tells the sale's
+//! gate how many tickets are left, whether or not the client is still there.
 //!
-//! The batcher, not the handler, settles each ticket: an item the store refused without
-//! deducting (limit, replay, store down) goes back to the allotment here, and every item is settled in `LocalStock`, so a client that hangs
-//! up mid-request never strands a ticket.
+//! A commit that fails as `Unavailable` may still have been applied (a Redis call that timed
+//! out is still queued on its connection and runs later). Before answering 503, the batcher
+//! looks each item's reservation id up in the store, on the same connection and so after the
+//! commit: a reservation that exists is answered 201 after all; one that cannot be resolved
+//! is answered 503 naming its id, which the client can look up (`GET /api/v1/reservations/ID`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ticketrush_core::{LeaseId, LedgerError, ReserveItem, ReserveOutcome, SaleId};
+use ticketrush_core::{ReserveItem, ReserveOutcome, SaleId};
 use ticketrush_store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::limits::BATCHES_IN_FLIGHT_MAX;
+use crate::limits::{BATCHES_IN_FLIGHT_MAX, RESOLVE_WAIT_MAX};
 use crate::metrics::Metrics;
-use crate::stock::LocalStock;
+use crate::stock::Gate;
 
 pub type Reply = Result<ReserveOutcome, StoreError>;
 
 struct Pending {
-    lease: LeaseId,
     item: ReserveItem,
     reply: oneshot::Sender<Reply>,
 }
@@ -49,7 +51,7 @@ impl Batcher {
     pub fn start(
         store: Arc<dyn Store>,
         sale_id: SaleId,
-        stock: Arc<LocalStock>,
+        gate: Arc<Gate>,
         metrics: Arc<Metrics>,
         config: &BatcherConfig,
     ) -> Batcher {
@@ -58,7 +60,7 @@ impl Batcher {
         let task = BatchLoop {
             store,
             sale_id,
-            stock,
+            gate,
             metrics,
             batch_size_max: config.batch_size_max,
             batch_wait: config.batch_wait,
@@ -67,15 +69,11 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// Queues one item whose ticket was taken from `lease`. Never waits.
-    pub fn submit(
-        &self,
-        lease: LeaseId,
-        item: ReserveItem,
-    ) -> Result<oneshot::Receiver<Reply>, Full> {
+    /// Queues one item. Never waits.
+    pub fn submit(&self, item: ReserveItem) -> Result<oneshot::Receiver<Reply>, Full> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Pending { lease, item, reply })
+            .try_send(Pending { item, reply })
             .map_err(|_| Full)?;
         Ok(rx)
     }
@@ -84,7 +82,7 @@ impl Batcher {
 struct BatchLoop {
     store: Arc<dyn Store>,
     sale_id: SaleId,
-    stock: Arc<LocalStock>,
+    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     batch_size_max: usize,
     batch_wait: Duration,
@@ -132,65 +130,57 @@ impl BatchLoop {
         }
     }
 
-    /// Commits a batch, one store call per lease it names (normally one), and answers each item.
-    async fn commit(&self, mut batch: Vec<Pending>) {
-        batch.sort_by_key(|p| p.lease);
-        while !batch.is_empty() {
-            let lease = batch[0].lease;
-            let split = batch
-                .iter()
-                .position(|p| p.lease != lease)
-                .unwrap_or(batch.len());
-            let rest = batch.split_off(split);
-            self.commit_lease(lease, batch).await;
-            batch = rest;
-        }
-    }
-
-    async fn commit_lease(&self, lease: LeaseId, group: Vec<Pending>) {
-        let items: Vec<ReserveItem> = group.iter().map(|p| p.item.clone()).collect();
+    /// Commits a batch in one store call and answers each item.
+    async fn commit(&self, batch: Vec<Pending>) {
+        let items: Vec<ReserveItem> = batch.iter().map(|p| p.item.clone()).collect();
         self.metrics.batches.fetch_add(1, Relaxed);
         self.metrics
             .batch_items
             .fetch_add(items.len() as u64, Relaxed);
-        match self.store.reserve_batch(&self.sale_id, lease, items).await {
-            Ok(outcomes) => {
-                debug_assert_eq!(outcomes.len(), group.len());
-                let n = group.len() as u64;
-                for (p, outcome) in group.into_iter().zip(outcomes) {
-                    self.settle(lease, &outcome);
+        match self.store.reserve_batch(&self.sale_id, items).await {
+            Ok(answer) => {
+                debug_assert_eq!(answer.outcomes.len(), batch.len());
+                self.gate.observe(answer.available);
+                for (p, outcome) in batch.into_iter().zip(answer.outcomes) {
                     let _ = p.reply.send(Ok(outcome));
                 }
-                self.stock.settle(n);
             }
-            Err(e) => {
-                if matches!(e, StoreError::Ledger(LedgerError::LeaseLost)) {
-                    self.metrics.leases_lost.fetch_add(1, Relaxed);
-                    self.stock.allotment.forget(lease);
-                } else {
-                    for _ in &group {
-                        self.stock.allotment.put_back(lease);
-                    }
-                }
-                let n = group.len() as u64;
-                for p in group {
+            Err(e @ StoreError::Ledger(_)) => {
+                for p in batch {
                     let _ = p.reply.send(Err(e.clone()));
                 }
-                self.stock.settle(n);
             }
+            Err(e) => self.resolve(batch, e).await,
         }
     }
 
-    /// Puts the ticket of an item the store did not deduct back into the allotment.
-    fn settle(&self, lease: LeaseId, outcome: &ReserveOutcome) {
-        match outcome {
-            ReserveOutcome::Reserved(_) => {}
-            ReserveOutcome::Replayed(_) | ReserveOutcome::LimitReached => {
-                self.stock.allotment.put_back(lease);
+    /// The commit failed as unavailable, which does not say whether the store applied it:
+    /// look each reservation up (bounded by `RESOLVE_WAIT_MAX` in all) and answer what the
+    /// store holds; what stays unknown is answered with the error.
+    async fn resolve(&self, batch: Vec<Pending>, e: StoreError) {
+        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT_MAX;
+        let mut reachable = true;
+        for p in batch {
+            let found = if reachable {
+                match tokio::time::timeout_at(deadline, self.store.reservation(&p.item.id)).await {
+                    Ok(Ok(found)) => found,
+                    _ => {
+                        reachable = false;
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            match found {
+                Some(r) if r.user_id == p.item.user_id => {
+                    self.metrics.resolved.fetch_add(1, Relaxed);
+                    let _ = p.reply.send(Ok(ReserveOutcome::Reserved(r)));
+                }
+                _ => {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
             }
-            // The store's count for this lease is below ours: ours is wrong, drop it and lease
-            // again rather than keep offering tickets the store will refuse.
-            ReserveOutcome::NoStock => self.stock.allotment.forget(lease),
         }
     }
 }

@@ -4,17 +4,20 @@ use std::borrow::Cow;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ticketrush_core::{IdError, LedgerError};
+use ticketrush_core::{IdError, LedgerError, ReservationId};
 use ticketrush_store::StoreError;
 
 use crate::limits::RETRY_AFTER_SECONDS;
 
-/// An error answer: `{"error": code, "message": sentence}` with its status.
+/// An error answer: `{"error": code, "message": sentence}` with its status. A 503 to a
+/// reservation whose outcome the node could not learn also names `reservation_id`: the id the
+/// reservation has if the store applied it, for the client to look up.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: Cow<'static, str>,
+    pub reservation_id: Option<ReservationId>,
 }
 
 impl ApiError {
@@ -23,7 +26,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            reservation_id: None,
         }
+    }
+
+    /// Names the reservation this answer may concern (see the type's doc).
+    pub fn with_reservation_id(mut self, id: ReservationId) -> Self {
+        self.reservation_id = Some(id);
+        self
     }
 
     pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
@@ -140,8 +150,6 @@ impl From<LedgerError> for ApiError {
             LedgerError::Expired => conflict("expired", "the reservation's hold has expired"),
             LedgerError::Cancelled => conflict("cancelled", "the reservation was cancelled"),
             LedgerError::AlreadyPaid => conflict("already_paid", "the reservation is already paid"),
-            // A lease lost is retried inside the node; if it surfaces, the store is churning.
-            LedgerError::LeaseLost => ApiError::unavailable("the node lost its lease; retry"),
         }
     }
 }
@@ -193,6 +201,12 @@ impl ApiError {
         if serde_json::to_writer(&mut body, self.message.as_ref()).is_err() {
             body.extend_from_slice(b"\"\"");
         }
+        if let Some(id) = &self.reservation_id {
+            // Reservation ids are restricted to `A-Za-z0-9._-:`: no escaping needed.
+            body.extend_from_slice(b",\"reservation_id\":\"");
+            body.extend_from_slice(id.as_str().as_bytes());
+            body.push(b'"');
+        }
         body.push(b'}');
         body
     }
@@ -211,7 +225,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         resp

@@ -1,4 +1,4 @@
-//! A ticketrush node over HTTP: routes, the reservation flow with its allotments and batcher,
+//! A ticketrush node over HTTP: routes, the reservation flow with its sold-out gate and batcher,
 //! the background tasks, and metrics.
 //!
 //! [`start`] wires a node for a store and returns its router and background tasks; [`http::serve`]
@@ -30,7 +30,7 @@ pub struct Started {
     pub background: Background,
 }
 
-/// Builds a node on `store` and starts its background tasks (reaper, lease keeper).
+/// Builds a node on `store` and starts its background task (the reaper).
 pub fn start(config: NodeConfig, store: Arc<dyn Store>) -> Started {
     let node = Node::new(config, store);
     let background = Background::start(node.clone());
@@ -43,9 +43,9 @@ pub fn start(config: NodeConfig, store: Arc<dyn Store>) -> Started {
 }
 
 impl Started {
-    /// Stops the background tasks and gives unsold allotments back to the store.
+    /// Stops the background tasks. The node holds no tickets, so nothing goes back to the
+    /// store: every reservation it acknowledged is already there.
     pub async fn shutdown(self) {
         self.background.shutdown().await;
-        self.node.release_all().await;
     }
 }

@@ -54,32 +54,17 @@ pub const PENDING_CEILING: usize = 1_000_000;
 /// What `Retry-After` tells a shed client, in seconds.
 pub const RETRY_AFTER_SECONDS: u32 = 1;
 
-/// Tickets a node asks for per lease: starts at the minimum, doubles while chunks run out
-/// within `LEASE_CHUNK_FAST`, halves when one lasts longer than `LEASE_CHUNK_SLOW`. A small
-/// chunk strands little in a node that dies; a large one saves store calls.
-pub const LEASE_CHUNK_MIN: u64 = 16;
-pub const LEASE_CHUNK_MAX: u64 = 8_192;
-pub const LEASE_CHUNK_FAST: Duration = Duration::from_millis(250);
-pub const LEASE_CHUNK_SLOW: Duration = Duration::from_secs(2);
-
-/// When the pool was found empty, the node answers `sold_out` from memory for this long before
-/// asking the store again (cancellations and expiries put tickets back).
+/// When a batch found the pool empty, the node answers `sold_out` from memory for this long
+/// before one request asks the store again (cancellations and expiries put tickets back; one
+/// made on this node reopens at once). The longest a node can lag behind a returned ticket.
 pub const SOLD_OUT_RECHECK: Duration = Duration::from_millis(100);
 
-/// How often the reaper expires due holds and reclaims lapsed leases, and how many holds one
-/// pass expires at most (one critical section; the next pass follows at once if it was full).
-/// With the recheck above, an expired ticket is on sale again well within API.md's 2 seconds.
+/// How often the reaper expires due holds (and takes back lapsed first-version leases), and
+/// how many holds one pass expires at most (one critical section; the next pass follows at
+/// once if it was full). An expired ticket is on sale again well within 2 seconds.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
 pub const REAP_BATCH_MAX: usize = 10_000;
 
-/// Default lease duration; a dead node's share returns to the pool within it.
-pub const LEASE_SECONDS_DEFAULT: u64 = 10;
-pub const LEASE_SECONDS_MAX: u64 = 3_600;
-
-/// Tries of one reservation when the store took its lease back meanwhile.
-pub const RESERVE_ATTEMPTS_MAX: usize = 3;
-
-/// Longest a reservation keeps trying for a ticket while other requests drain each fresh chunk
-/// or hold the last tickets in flight (they may give them back); past it the node answers 429
-/// rather than spin.
-pub const RESERVE_WAIT_MAX: Duration = Duration::from_secs(2);
+/// After a batch commit failed as unavailable, the longest the batcher spends looking its
+/// reservations up to learn whether the store applied it anyway (see `batcher.rs`).
+pub const RESOLVE_WAIT_MAX: Duration = Duration::from_secs(1);

@@ -168,8 +168,9 @@ pub struct Metrics {
     pub unrouted: OutcomeCounters,
     pub batches: AtomicU64,
     pub batch_items: AtomicU64,
-    pub leases: AtomicU64,
-    pub leases_lost: AtomicU64,
+    /// Reservations whose commit failed as unavailable but which the store had applied: found
+    /// by the batcher's lookup and answered 201 instead of 503.
+    pub resolved: AtomicU64,
     pub expired: AtomicU64,
     /// Figures of parts outside this crate (the order writer), appended to the rendering.
     pub extra: ExtraMetrics,
@@ -243,14 +244,9 @@ impl Metrics {
                 &self.batch_items,
             ),
             (
-                "ticketrush_leases_total",
-                "Leases taken or extended.",
-                &self.leases,
-            ),
-            (
-                "ticketrush_leases_lost_total",
-                "Leases the store took back from this node.",
-                &self.leases_lost,
+                "ticketrush_store_commits_resolved_total",
+                "Reservations whose commit timed out but were found applied, and answered 201.",
+                &self.resolved,
             ),
             (
                 "ticketrush_holds_expired_total",

@@ -1,16 +1,16 @@
 //! The selling node: its sales' runtimes and the reservation flow.
 //!
-//! A reservation goes: sale runtime (cached spec) → `not_open` check → take a ticket from the
-//! node's allotment (one CAS, no lock) → hand it to the sale's batcher → one store commit per
-//! batch → answer. When the allotment is empty the node leases more (one refill at a time per
-//! sale); when the pool is empty too it answers `sold_out` from memory until a recheck is due.
+//! A reservation goes: sale runtime (cached spec) → `not_open` check → the sale's
+//! [`SaleStock`] (answered `sold_out` from memory once a batch found the pool empty, else queued
+//! for the next batch: one store commit per batch) → answer. The node routes; the stock owns
+//! what the node knows of the sale's tickets; the batcher batches; the reaper ticks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use ticketrush_core::{
@@ -19,14 +19,11 @@ use ticketrush_core::{
 };
 use ticketrush_store::{Store, StoreError};
 
-use crate::batcher::{Batcher, BatcherConfig};
+use crate::batcher::BatcherConfig;
 use crate::error::ApiError;
-use crate::limits::{
-    LEASE_CHUNK_FAST, LEASE_CHUNK_MAX, LEASE_CHUNK_MIN, LEASE_CHUNK_SLOW, RESERVE_ATTEMPTS_MAX,
-    RESERVE_WAIT_MAX, SOLD_OUT_RECHECK,
-};
+use crate::limits::SOLD_OUT_RECHECK;
 use crate::metrics::{Metrics, Outcome, OutcomeCounters};
-use crate::stock::LocalStock;
+use crate::stock::{Decision, SaleStock, Undecided};
 
 /// How a node is set up; built by the binary from its flags.
 #[derive(Debug, Clone)]
@@ -37,7 +34,6 @@ pub struct NodeConfig {
     pub batch_wait: Duration,
     /// Reservations waiting for a store commit, per sale, before the node sheds with 429.
     pub pending_max: usize,
-    pub lease: Duration,
     /// The sale `/buy/ticket` uses when the request names none.
     pub default_sale: Option<SaleId>,
 }
@@ -51,41 +47,13 @@ pub enum Reserved {
     Replayed(Reservation),
 }
 
-/// Refill bookkeeping, under the refill lock.
-struct RefillState {
-    chunk: u64,
-    last_lease_at: Option<Instant>,
-}
-
 /// One sale as this node serves it.
 pub struct SaleRuntime {
     pub spec: SaleSpec,
-    pub stock: Arc<LocalStock>,
-    batcher: Batcher,
+    pub stock: SaleStock,
     pub counters: OutcomeCounters,
-    /// One refill at a time per sale; an async mutex because the holder awaits the store.
-    refill: tokio::sync::Mutex<RefillState>,
-    /// Node-clock millisecond until which the pool counts as empty (0: unknown).
-    pool_empty_until_ms: AtomicU64,
-    /// A background refill is on its way; stops prefetches from piling up.
-    prefetching: AtomicBool,
-    /// The last chunk asked for, for the prefetch watermark (a quarter of it).
-    chunk_hint: AtomicU64,
     /// Set once the sale is seen open, so the hot path stops reading the clock for it.
     open: AtomicBool,
-    /// Tickets taken since the lease keeper last looked; 0 means idle.
-    pub taken_since_tick: AtomicU64,
-}
-
-impl SaleRuntime {
-    fn pool_known_empty(&self, now_ms: u64) -> bool {
-        now_ms < self.pool_empty_until_ms.load(Relaxed)
-    }
-
-    /// Forget that the pool was empty: tickets came back (an expiry, a cancellation).
-    pub fn pool_may_have_stock(&self) {
-        self.pool_empty_until_ms.store(0, Relaxed);
-    }
 }
 
 pub struct Node {
@@ -98,8 +66,6 @@ pub struct Node {
     /// store's `SALES_MAX`.
     sales: ArcSwap<HashMap<SaleId, Arc<SaleRuntime>>>,
     sales_write: Mutex<()>,
-    /// The node clock's origin, for cheap monotonic milliseconds.
-    started: Instant,
 }
 
 impl Node {
@@ -110,12 +76,7 @@ impl Node {
             metrics: Arc::new(Metrics::default()),
             sales: ArcSwap::from_pointee(HashMap::new()),
             sales_write: Mutex::new(()),
-            started: Instant::now(),
         })
-    }
-
-    fn clock_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
     }
 
     /// The runtimes of the sales this node has served so far.
@@ -137,35 +98,23 @@ impl Node {
         if let Some(rt) = self.sales.load().get(sale_id) {
             return Ok(rt.clone());
         }
-        let rt = {
-            let stock = Arc::new(LocalStock::default());
-            let batcher = Batcher::start(
-                self.store.clone(),
-                sale_id.clone(),
-                stock.clone(),
-                self.metrics.clone(),
-                &BatcherConfig {
-                    batch_size_max: self.config.batch_size_max,
-                    batch_wait: self.config.batch_wait,
-                    pending_max: self.config.pending_max,
-                },
-            );
-            Arc::new(SaleRuntime {
-                spec: view.spec,
-                stock,
-                batcher,
-                counters: OutcomeCounters::default(),
-                refill: tokio::sync::Mutex::new(RefillState {
-                    chunk: LEASE_CHUNK_MIN,
-                    last_lease_at: None,
-                }),
-                pool_empty_until_ms: AtomicU64::new(0),
-                prefetching: AtomicBool::new(false),
-                open: AtomicBool::new(false),
-                chunk_hint: AtomicU64::new(LEASE_CHUNK_MIN),
-                taken_since_tick: AtomicU64::new(0),
-            })
-        };
+        let stock = SaleStock::start(
+            self.store.clone(),
+            sale_id.clone(),
+            self.metrics.clone(),
+            &BatcherConfig {
+                batch_size_max: self.config.batch_size_max,
+                batch_wait: self.config.batch_wait,
+                pending_max: self.config.pending_max,
+            },
+            SOLD_OUT_RECHECK,
+        );
+        let rt = Arc::new(SaleRuntime {
+            spec: view.spec,
+            stock,
+            counters: OutcomeCounters::default(),
+            open: AtomicBool::new(false),
+        });
         let mut sales = HashMap::clone(&self.sales.load());
         sales.insert(sale_id.clone(), rt.clone());
         self.sales.store(Arc::new(sales));
@@ -207,59 +156,27 @@ impl Node {
             }
             rt.open.store(true, Relaxed);
         }
-        let mut attempts = 0;
-        let mut give_up_at: Option<tokio::time::Instant> = None;
-        while attempts < RESERVE_ATTEMPTS_MAX {
-            let Some(lease) = rt.stock.take() else {
-                // Others may drain each fresh chunk, or hold the last tickets in flight, before
-                // this request gets one; it keeps trying for a bounded time, then the honest
-                // answer is "busy, retry".
-                let deadline = *give_up_at
-                    .get_or_insert_with(|| tokio::time::Instant::now() + RESERVE_WAIT_MAX);
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ApiError::overloaded());
-                }
-                if self.refill(rt).await? {
-                    continue;
-                }
-                match tokio::time::timeout_at(deadline, rt.stock.wait_for_settlement()).await {
-                    Ok(true) => continue,
-                    Ok(false) => return self.sold_out(rt, &user_id, key.as_ref()).await,
-                    Err(_) => return Err(ApiError::overloaded()),
-                }
-            };
-            rt.taken_since_tick.fetch_add(1, Relaxed);
-            self.maybe_prefetch(rt);
-            let item = ReserveItem {
-                id: new_reservation_id_in(&rt.spec.id),
-                user_id: user_id.clone(),
-                idempotency_key: key.clone(),
-            };
-            let Ok(reply) = rt.batcher.submit(lease, item) else {
-                rt.stock.untake(lease);
-                return Err(ApiError::overloaded());
-            };
-            let outcome = reply
-                .await
-                .map_err(|_| ApiError::unavailable("the batcher stopped"))?;
-            match outcome {
-                Ok(ReserveOutcome::Reserved(r)) => return Ok(Reserved::Created(r)),
-                Ok(ReserveOutcome::Replayed(r)) => return Ok(Reserved::Replayed(r)),
-                Ok(ReserveOutcome::LimitReached) => return Err(ApiError::limit_reached()),
-                // The batcher dropped the stale lease; the next attempt leases again.
-                Ok(ReserveOutcome::NoStock)
-                | Err(StoreError::Ledger(ticketrush_core::LedgerError::LeaseLost)) => {
-                    attempts += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let id = new_reservation_id_in(&rt.spec.id);
+        let item = ReserveItem {
+            id: id.clone(),
+            user_id: user_id.clone(),
+            idempotency_key: key.clone(),
+        };
+        match rt.stock.reserve(item).await {
+            Ok(Decision::Store(ReserveOutcome::Reserved(r))) => Ok(Reserved::Created(r)),
+            Ok(Decision::Store(ReserveOutcome::Replayed(r))) => Ok(Reserved::Replayed(r)),
+            Ok(Decision::Store(ReserveOutcome::LimitReached)) => Err(ApiError::limit_reached()),
+            // The store found the pool empty while deciding this very request.
+            Ok(Decision::Store(ReserveOutcome::NoStock)) => Err(ApiError::sold_out()),
+            Ok(Decision::SoldOutFromMemory) => self.sold_out(rt, &user_id, key.as_ref()).await,
+            Err(Undecided::Shed) => Err(ApiError::overloaded()),
+            Err(Undecided::Store(e @ StoreError::Ledger(_))) => Err(e.into()),
+            Err(Undecided::Store(e)) => Err(ApiError::from(e).with_reservation_id(id)),
         }
-        // The store kept taking the lease back (a churning cluster): busy, retry.
-        Err(ApiError::overloaded())
     }
 
-    /// The allotment and the pool are empty. An idempotent retry of a reservation that won
-    /// before the sale sold out still gets its reservation.
+    /// The sale is known sold out. An idempotent retry of a reservation that won before the
+    /// sale sold out still gets its reservation.
     async fn sold_out(
         &self,
         rt: &SaleRuntime,
@@ -278,84 +195,12 @@ impl Node {
         Err(ApiError::sold_out())
     }
 
-    /// Leases more tickets; answers whether the allotment now has some. Runs in its own task
-    /// so a client hanging up cannot drop a grant on the floor between store and allotment.
-    async fn refill(self: &Arc<Self>, rt: &Arc<SaleRuntime>) -> Result<bool, ApiError> {
-        if rt.stock.allotment.remaining() > 0 {
-            return Ok(true);
-        }
-        if rt.pool_known_empty(self.clock_ms()) {
-            return Ok(false);
-        }
-        let (node, rt2) = (self.clone(), rt.clone());
-        tokio::spawn(async move { node.refill_locked(&rt2, false).await })
-            .await
-            .map_err(|_| ApiError::unavailable("the refill task failed"))?
-            .map_err(ApiError::from)
-    }
-
-    /// Leases the next chunk, one refill at a time per sale. Unless `ahead` (a prefetch), a
-    /// refill that finds tickets already back in the allotment does nothing.
-    async fn refill_locked(&self, rt: &SaleRuntime, ahead: bool) -> Result<bool, StoreError> {
-        let mut st = rt.refill.lock().await;
-        if !ahead && rt.stock.allotment.remaining() > 0 {
-            return Ok(true);
-        }
-        if rt.pool_known_empty(self.clock_ms()) {
-            return Ok(false);
-        }
-        let now = Instant::now();
-        st.chunk = match st.last_lease_at.map(|t| now - t) {
-            Some(d) if d < LEASE_CHUNK_FAST => (st.chunk * 2).min(LEASE_CHUNK_MAX),
-            Some(d) if d > LEASE_CHUNK_SLOW => (st.chunk / 2).max(LEASE_CHUNK_MIN),
-            _ => st.chunk,
-        };
-        st.last_lease_at = Some(now);
-        rt.chunk_hint.store(st.chunk, Relaxed);
-        let lease_ms = self.config.lease.as_millis() as i64;
-        let grant = self
-            .store
-            .lease(
-                &rt.spec.id,
-                &self.config.node_id,
-                rt.stock.allotment.lease(),
-                st.chunk,
-                lease_ms,
-            )
-            .await?;
-        self.metrics.leases.fetch_add(1, Relaxed);
-        rt.stock.allotment.install(grant.lease, grant.granted);
-        if grant.granted == 0 {
-            let until = self.clock_ms() + SOLD_OUT_RECHECK.as_millis() as u64;
-            rt.pool_empty_until_ms.store(until, Relaxed);
-        }
-        Ok(rt.stock.allotment.remaining() > 0)
-    }
-
-    /// When the allotment runs low, lease the next chunk in the background so requests rarely
-    /// wait for a refill.
-    fn maybe_prefetch(self: &Arc<Self>, rt: &Arc<SaleRuntime>) {
-        let low = rt.stock.allotment.remaining() < rt.chunk_hint.load(Relaxed) / 4;
-        if !low || rt.pool_known_empty(self.clock_ms()) || rt.prefetching.swap(true, Relaxed) {
-            return;
-        }
-        let (node, rt) = (self.clone(), rt.clone());
-        tokio::spawn(async move {
-            if let Err(e) = node.refill_locked(&rt, true).await {
-                tracing::debug!(error = %e, sale = %rt.spec.id, "prefetch lease failed");
-            }
-            rt.prefetching.store(false, Relaxed);
-        });
-    }
-
-    /// Gives every sale's unsold allotment back to the store (on shutdown).
-    pub async fn release_all(&self) {
-        for rt in self.runtimes() {
-            let (lease, tickets) = rt.stock.allotment.drain();
-            if lease != 0 {
-                if let Err(e) = self.store.release(&rt.spec.id, lease, tickets, true).await {
-                    tracing::warn!(error = %e, sale = %rt.spec.id, "could not return the allotment");
-                }
+    /// Tickets came back to the pool through this node (expiry, cancellation): its sales ask
+    /// the store again from the next request on.
+    pub fn tickets_returned(&self, sale_id: Option<&SaleId>) {
+        for rt in self.sales.load().values() {
+            if sale_id.is_none_or(|s| s == &rt.spec.id) {
+                rt.stock.tickets_returned();
             }
         }
     }

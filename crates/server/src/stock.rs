@@ -1,69 +1,116 @@
-//! A sale's stock as one node holds it: the leased allotment, plus the tickets taken from it
-//! that are on their way through the batcher.
+//! A sale's stock as one node sees it: the one owner of everything a node knows or does about
+//! a sale's tickets.
 //!
-//! "Sold out" must mean no ticket can be had, not that the ones left are in flight for
-//! requests that may yet give them back (a user over their limit, a replayed key). So a request
-//! that finds the allotment and the pool empty while tickets are in flight waits for the next
-//! settlement instead of answering `sold_out`.
+//! The node holds no tickets of its own (no allotment, no lease): every reservation is decided
+//! by the store against the sale's one pool, in a batch with the other requests of the moment.
+//! What the node keeps is the [`SoldOutGate`]: once a batch answer says the pool is empty, the
+//! next requests are answered `sold_out` from memory (one atomic load, no store call) until a
+//! recheck is due, when one request goes to the store as the probe. So `sold_out` means what it
+//! says, for the whole sale, whichever node answers it; ARCHITECTURE.md has the measurements
+//! that chose this over leased allotments.
+//!
+//! [`SaleStock::reserve`] is the whole flow for one request: the gate, the batcher, the answer,
+//! and the resolution of an answer lost to a store timeout (see [`Batcher`]).
 
-use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use ticketrush_core::{Allotment, LeaseId};
-use tokio::sync::Notify;
+use ticketrush_core::{Admit, ReserveItem, ReserveOutcome, SaleId, SoldOutGate};
+use ticketrush_store::{Store, StoreError};
 
-#[derive(Debug, Default)]
-pub struct LocalStock {
-    pub allotment: Allotment,
-    /// Tickets taken from the allotment and not yet settled by the batcher.
-    in_flight: AtomicU64,
-    /// Woken after every settlement.
-    settled: Notify,
+use crate::batcher::{Batcher, BatcherConfig, Full};
+use crate::metrics::Metrics;
+
+/// What became of one request.
+#[derive(Debug)]
+pub enum Decision {
+    /// The store decided it (a reservation, a replay, the limit, or an empty pool).
+    Store(ReserveOutcome),
+    /// The pool was found empty by an earlier batch and no recheck is due: `sold_out` without
+    /// a store call.
+    SoldOutFromMemory,
 }
 
-impl LocalStock {
-    /// Takes a ticket; it counts as in flight until `settle`.
-    pub fn take(&self) -> Option<LeaseId> {
-        // The sold-out path: one plain load, no write to a shared cache line.
-        if self.allotment.remaining() == 0 {
-            return None;
+/// Why a request got no decision.
+#[derive(Debug)]
+pub enum Undecided {
+    /// The sale's queue to the store is full: shed with 429.
+    Shed,
+    /// The store failed or timed out and the outcome could not be resolved: 503, naming the
+    /// reservation id the request would have had so the client can look it up.
+    Store(StoreError),
+}
+
+/// The gate and the node clock it reads, shared by the handlers and the batcher.
+pub struct Gate {
+    gate: SoldOutGate,
+    started: Instant,
+    recheck_ms: u64,
+}
+
+impl Gate {
+    fn new(recheck: Duration) -> Gate {
+        Gate {
+            gate: SoldOutGate::default(),
+            started: Instant::now(),
+            recheck_ms: recheck.as_millis() as u64,
         }
-        // Counted before the take, so no one can see the allotment empty and nothing in flight
-        // while this ticket is between the two.
-        self.in_flight.fetch_add(1, AcqRel);
-        let lease = self.allotment.try_take();
-        if lease.is_none() {
-            self.in_flight.fetch_sub(1, AcqRel);
-        }
-        lease
     }
 
-    /// A ticket taken but never submitted (the queue was full): straight back.
-    pub fn untake(&self, lease: LeaseId) {
-        self.allotment.put_back(lease);
-        self.settle(1);
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
-    /// `n` in-flight tickets are settled (sold, returned or forgotten).
-    pub fn settle(&self, n: u64) {
-        let before = self.in_flight.fetch_sub(n, AcqRel);
-        debug_assert!(before >= n, "settled more tickets than were in flight");
-        self.settled.notify_waiters();
+    /// The store answered a batch with `available` tickets left after it.
+    pub fn observe(&self, available: u64) {
+        self.gate.observe(available, self.now_ms(), self.recheck_ms);
+    }
+}
+
+pub struct SaleStock {
+    gate: Arc<Gate>,
+    batcher: Batcher,
+}
+
+impl SaleStock {
+    /// Starts the stock of one sale on this node (its batcher task included).
+    pub fn start(
+        store: Arc<dyn Store>,
+        sale_id: SaleId,
+        metrics: Arc<Metrics>,
+        config: &BatcherConfig,
+        recheck: Duration,
+    ) -> SaleStock {
+        let gate = Arc::new(Gate::new(recheck));
+        let batcher = Batcher::start(store, sale_id, gate.clone(), metrics, config);
+        SaleStock { gate, batcher }
     }
 
-    /// Waits for the next settlement if any ticket is in flight; answers false at once if none
-    /// is (then the stock really is empty).
-    pub async fn wait_for_settlement(&self) -> bool {
-        // The common case (sold out, nothing in flight) must not touch the Notify's lock.
-        if self.in_flight.load(Acquire) == 0 {
-            return false;
+    /// Reserves one ticket: from memory when the sale is known sold out, else in the next
+    /// batch to the store.
+    pub async fn reserve(&self, item: ReserveItem) -> Result<Decision, Undecided> {
+        let g = &self.gate;
+        if g.gate.admit(g.now_ms(), g.recheck_ms) == Admit::SoldOut {
+            return Ok(Decision::SoldOutFromMemory);
         }
-        let notified = self.settled.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.in_flight.load(Acquire) == 0 {
-            return false;
+        let reply = self.batcher.submit(item).map_err(|Full| Undecided::Shed)?;
+        match reply.await {
+            Ok(Ok(outcome)) => Ok(Decision::Store(outcome)),
+            Ok(Err(e)) => Err(Undecided::Store(e)),
+            Err(_) => Err(Undecided::Store(StoreError::Unavailable(
+                "the batcher stopped".into(),
+            ))),
         }
-        notified.await;
-        true
+    }
+
+    /// Tickets came back to the pool (a cancellation or an expiry this node made): the next
+    /// request asks the store instead of answering from memory.
+    pub fn tickets_returned(&self) {
+        self.gate.gate.reopen();
+    }
+
+    /// Whether this node currently answers `sold_out` from memory.
+    pub fn known_sold_out(&self) -> bool {
+        self.gate.gate.is_closed(self.gate.now_ms())
     }
 }

@@ -4,7 +4,7 @@ if redis.call('EXISTS', K_SALE) == 1 then
 end
 local now = now_ms()
 redis.call('HSET', K_SALE, 'spec', ARGV[1], 'total', ARGV[2], 'limit', ARGV[3],
-  'hold_ms', ARGV[4], 'pool', ARGV[2], 'leased', 0, 'reserved', 0, 'paid', 0, 'next_lease', 1)
+  'hold_ms', ARGV[4], 'pool', ARGV[2], 'leased', 0, 'reserved', 0, 'paid', 0)
 if ARGV[5] ~= '' then
   -- Order writers follow this cluster: keep every event for them from the first one.
   redis.call('HSET', K_SALE, 'writer', '1')

@@ -3,8 +3,9 @@
 -- KEYS, always in this order, all under the sale's hash tag {sale:ID} so one sale lives in
 -- one Redis Cluster slot:
 --   1 sale      hash: spec (JSON), total, limit, hold_ms, pool, leased, reserved, paid,
---               next_lease, writer (set once an order writer reads the events)
---   2 leases    hash: lease id -> "remaining deadline_ms node"
+--               writer (set once an order writer reads the events)
+--   2 leases    hash: lease id -> "remaining deadline_ms node"; only the first version wrote
+--               it (its nodes leased chunks of the pool); `reap` takes them back once lapsed
 --   3 users     hash: user id -> tickets held (reserved or paid); absent at zero
 --   4 idem      hash: user id .. "\n" .. idempotency key -> reservation id
 --   5 res       hash: reservation id -> "state created_ms expires_ms paid_ms updated_ms user"
@@ -77,24 +78,6 @@ local function parse_lease(v)
   return tonumber(rem), tonumber(dl), node
 end
 
--- A lease that still fences commits: recorded and before its deadline. Answers its remaining
--- tickets, deadline and node, or nil when it was taken back or lapsed (LEASE_LOST).
-local function live_lease(id, now)
-  local v = redis.call('HGET', K_LEASES, id)
-  if not v then
-    return nil
-  end
-  local rem, dl, node = parse_lease(v)
-  if dl <= now then
-    return nil
-  end
-  return rem, dl, node
-end
-
-local function lease_value(rem, dl, node)
-  return fmt(rem) .. ' ' .. fmt(dl) .. ' ' .. node
-end
-
 local function parse_res(v)
   local st, c, e, p, m, u = string.match(v, '^(%a+) (%d+) (%d+) (%d+) (%d+) (.+)$')
   return st, tonumber(c), tonumber(e), tonumber(p), tonumber(m), u
@@ -111,7 +94,7 @@ local function emit_reservation(id, v)
   emit({'t', st, 'r', id, 'u', u, 'c', fmt(c), 'e', fmt(e), 'p', fmt(p), 'm', fmt(m)})
 end
 
--- Closes a lease: its unsold tickets go back to the pool; commits naming it are refused.
+-- Closes a first-version lease: its unsold tickets go back to the pool.
 local function close_lease(id, rem)
   redis.call('HDEL', K_LEASES, id)
   redis.call('HINCRBY', K_SALE, 'pool', fmt(rem))
@@ -119,7 +102,7 @@ local function close_lease(id, rem)
   emit({'t', 'lease_returned', 'l', id, 'k', fmt(rem), 'closed', '1'})
 end
 
--- Takes back every lease past its deadline; returns how many.
+-- Takes back every first-version lease past its deadline; returns how many.
 local function reclaim_lapsed(now)
   local all = redis.call('HGETALL', K_LEASES)
   local n = 0

@@ -1,5 +1,6 @@
 -- ARGV: most holds to expire
--- Expires due holds of this sale (earliest first) and reclaims its lapsed leases.
+-- Expires due holds of this sale (earliest first) and takes back its lapsed first-version
+-- leases.
 -- Idempotent and safe on every node at once: a hold leaves the due index when it settles.
 -- Answers {'OK', expired, leases reclaimed}.
 if redis.call('EXISTS', K_SALE) == 0 then

@@ -1,30 +1,26 @@
--- ARGV: lease id, events backlog max, then per item: reservation id, user id, idempotency
--- key ('' for none).
--- Commits a batch of reservations against one lease, in order, answering each item:
+-- ARGV: events backlog max, then per item: reservation id, user id, idempotency key ('' for
+-- none).
+-- Commits a batch of reservations against the sale's pool, in order, answering each item:
 --   'R'              reserved (created_ms and expires_ms are the batch's, in the header)
 --   'P id record'    the idempotency key was seen: the earlier reservation, no ticket taken
 --   'L'              the user already holds per_user_limit tickets
---   'N'              the lease has no ticket left
--- The lease is the fence: a lease taken back (or past its deadline) refuses the whole batch.
--- Answers {'OK', created_ms, expires_ms, answer per item...}.
+--   'N'              the pool is empty: sold out for every node at this moment
+-- Answers {'OK', created_ms, expires_ms, available after the batch, answer per item...}; the
+-- node answers later requests `sold_out` from memory while available is 0.
 --
 -- Written for throughput: Redis runs one script at a time, so its cost per item is the
 -- cluster's ceiling. Reads are one HMGET per hash for the whole batch, decisions happen in Lua
 -- tables, and writes are one command per hash (and one stream entry for all the new
 -- reservations), so a batch of n costs about ten commands instead of six per item.
-local sale = redis.call('HMGET', K_SALE, 'limit', 'hold_ms', 'writer')
+local sale = redis.call('HMGET', K_SALE, 'limit', 'hold_ms', 'writer', 'pool', 'leased')
 if not sale[1] then
   return {'E', 'SALE_NOT_FOUND'}
 end
-local lease = ARGV[1]
 local now = now_ms()
-local rem, dl, node = live_lease(lease, now)
-if not rem then
-  return {'E', 'LEASE_LOST'}
-end
+local pool, leased = tonumber(sale[4]), tonumber(sale[5] or '0')
 -- With an order writer, the stream is its queue: refuse new sales rather than let it grow
 -- without bound (the node answers 503) while the writer cannot keep up.
-if sale[3] and redis.call('XLEN', K_EVENTS) >= tonumber(ARGV[2]) then
+if sale[3] and redis.call('XLEN', K_EVENTS) >= tonumber(ARGV[1]) then
   return {'E', 'BACKLOG'}
 end
 local limit, hold_ms = tonumber(sale[1]), tonumber(sale[2])
@@ -33,7 +29,7 @@ local now_s, expires_s = fmt(now), fmt(expires)
 
 -- Read what the batch needs in one command per hash.
 local users, idem_keys = {}, {}
-for i = 3, #ARGV, 3 do
+for i = 2, #ARGV, 3 do
   users[#users + 1] = ARGV[i + 1]
   if ARGV[i + 2] ~= '' then
     idem_keys[#idem_keys + 1] = ARGV[i + 1] .. '\n' .. ARGV[i + 2]
@@ -53,10 +49,10 @@ if #idem_keys > 0 then
 end
 
 -- Decide each item in order; collect the writes.
-local out = {'OK', now_s, expires_s}
+local out = {'OK', now_s, expires_s, ''}
 local res_args, due_args, idem_args, ids, new_users, records = {}, {}, {}, {}, {}, {}
 local taken = 0
-for i = 3, #ARGV, 3 do
+for i = 2, #ARGV, 3 do
   local id, user, key = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local ik = (key ~= '') and (user .. '\n' .. key) or nil
   local prior = ik and seen[ik]
@@ -65,7 +61,7 @@ for i = 3, #ARGV, 3 do
     out[#out + 1] = 'P ' .. prior .. ' ' .. record
   elseif held[user] >= limit then
     out[#out + 1] = 'L'
-  elseif rem - taken <= 0 then
+  elseif pool - taken <= 0 then
     out[#out + 1] = 'N'
   else
     taken = taken + 1
@@ -87,6 +83,7 @@ for i = 3, #ARGV, 3 do
     out[#out + 1] = 'R'
   end
 end
+out[4] = fmt(pool - taken + leased)
 if taken == 0 then
   return out
 end
@@ -104,8 +101,7 @@ for _, u in ipairs(new_users) do
   end
 end
 call_chunked('HSET', K_USERS, user_args)
-redis.call('HSET', K_LEASES, lease, lease_value(rem - taken, dl, node))
-redis.call('HINCRBY', K_SALE, 'leased', fmt(-taken))
+redis.call('HINCRBY', K_SALE, 'pool', fmt(-taken))
 redis.call('HINCRBY', K_SALE, 'reserved', fmt(taken))
 -- r and u list the ids and users in the same order (neither contains a space).
 emit({'t', 'reserved', 'r', table.concat(ids, ' '), 'u', table.concat(new_users, ' '),

@@ -9,8 +9,7 @@
 //!
 //! Durability: an acknowledged reservation, payment or cancellation has been `fdatasync`ed, so
 //! it survives a process crash (`kill -9`) and a power loss (on a disk that honours flushes).
-//! Lease changes and expiries are journaled but not waited for: after a crash, the store takes
-//! every lease back when it opens and the reaper expires due holds again.
+//! Expiries are journaled but not waited for: after a crash the reaper expires due holds again.
 //!
 //! If a write or fsync fails, the process aborts: after a failed fsync the kernel may have
 //! dropped the dirty pages, so the only safe state is the journal as it is on disk (the
@@ -24,14 +23,14 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use ticketrush_core::{
-    Event, IdempotencyKey, LeaseGrant, LeaseId, Ledger, LedgerError, NodeId, Reservation,
-    ReservationId, ReserveItem, ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
+    Event, IdempotencyKey, Ledger, LedgerError, Reservation, ReservationId, ReserveItem, SaleId,
+    SaleSpec, SaleView, UnixMs, UserId,
 };
 use tokio::sync::watch;
 
 use crate::journal;
 use crate::orders_table::OrdersTable;
-use crate::{BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
+use crate::{BatchOutcome, BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
 
 /// Most journal bytes waiting for the writer. The writer drains in one fsync what arrived
 /// during the last; a backlog this large means the disk has stalled, and taking more changes
@@ -105,7 +104,7 @@ fn now_ms() -> UnixMs {
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`: replays the journal, cuts a torn tail, takes back
-    /// every lease of the previous process, and starts the journal writer.
+    /// any lease a first-version journal left open, and starts the journal writer.
     pub fn open(dir: &Path) -> Result<(EmbeddedStore, Recovery), OpenError> {
         let io_err = |source| OpenError::Io {
             dir: dir.to_path_buf(),
@@ -142,7 +141,7 @@ impl EmbeddedStore {
         }
         file.seek(SeekFrom::Start(replay.good_len))
             .map_err(io_err)?;
-        // Leases belong to processes; the one that held these is gone.
+        // A first-version journal may leave leases open; the process that held them is gone.
         let mut events = Vec::new();
         let leases_reclaimed = ledger.reclaim_all(&mut events);
         let mut buf = Vec::new();
@@ -357,58 +356,19 @@ impl Store for EmbeddedStore {
         Box::pin(async move { Ok(v) })
     }
 
-    fn lease<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        node: &'a NodeId,
-        held: LeaseId,
-        want: u64,
-        lease_ms: i64,
-    ) -> BoxFuture<'a, StoreResult<LeaseGrant>> {
-        // Not waited for: a lease lost in a crash is reclaimed at the next open anyway, and the
-        // journal's order puts it before any reservation made from it.
-        let r = self
-            .mutate(|l, now, out| l.lease(sale_id, node, held, want, lease_ms, now, out))
-            .map(|(g, _)| g);
-        Box::pin(async move { r })
-    }
-
-    fn renew<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        lease: LeaseId,
-        lease_ms: i64,
-    ) -> BoxFuture<'a, StoreResult<UnixMs>> {
-        let r = self
-            .mutate(|l, now, out| l.renew(sale_id, lease, lease_ms, now, out))
-            .map(|(d, _)| d);
-        Box::pin(async move { r })
-    }
-
-    fn release<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        lease: LeaseId,
-        tickets: u64,
-        close: bool,
-    ) -> BoxFuture<'a, StoreResult<u64>> {
-        let r = self
-            .mutate(|l, _, out| l.release(sale_id, lease, tickets, close, out))
-            .map(|(n, _)| n);
-        Box::pin(async move { r })
-    }
-
     fn reserve_batch<'a>(
         &'a self,
         sale_id: &'a SaleId,
-        lease: LeaseId,
         items: Vec<ReserveItem>,
-    ) -> BoxFuture<'a, StoreResult<Vec<ReserveOutcome>>> {
-        Box::pin(
-            self.mutate_durably(move |l, now, out| {
-                l.reserve_batch(sale_id, lease, &items, now, out)
-            }),
-        )
+    ) -> BoxFuture<'a, StoreResult<BatchOutcome>> {
+        Box::pin(self.mutate_durably(move |l, now, out| {
+            let outcomes = l.reserve_batch(sale_id, &items, now, out)?;
+            let available = l.sale(sale_id).map_or(0, |v| v.available);
+            Ok(BatchOutcome {
+                outcomes,
+                available,
+            })
+        }))
     }
 
     fn find_idempotent<'a>(
@@ -491,6 +451,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ticketrush_core::ReserveOutcome;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -523,28 +484,91 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reservations_survive_reopen_and_leases_come_back() {
+    async fn reservations_survive_reopen() {
         let dir = temp_dir("reopen");
         let sale_id = SaleId::parse("s").unwrap();
-        let node = NodeId::parse("n1").unwrap();
         {
             let (store, rec) = EmbeddedStore::open(&dir).unwrap();
             assert_eq!(rec.events, 0);
-            store.create_sale(sale("s", 10)).await.unwrap();
-            let g = store.lease(&sale_id, &node, 0, 5, 60_000).await.unwrap();
-            assert_eq!(g.granted, 5);
+            store.create_sale(sale("s", 3)).await.unwrap();
             let out = store
-                .reserve_batch(&sale_id, g.lease, vec![item(1), item(2)])
+                .reserve_batch(&sale_id, vec![item(1), item(2)])
                 .await
                 .unwrap();
-            assert!(matches!(out[0], ReserveOutcome::Reserved(_)));
+            assert!(matches!(out.outcomes[0], ReserveOutcome::Reserved(_)));
+            assert_eq!(out.available, 1, "the batch answers what is left after it");
             let r1 = ReservationId::parse("r1").unwrap();
             store.pay(&r1, &UserId::parse("u1").unwrap()).await.unwrap();
+            let out = store
+                .reserve_batch(&sale_id, vec![item(3), item(4)])
+                .await
+                .unwrap();
+            assert_eq!(out.outcomes[1], ReserveOutcome::NoStock);
+            assert_eq!(out.available, 0);
         }
         let (store, rec) = EmbeddedStore::open(&dir).unwrap();
-        assert_eq!(rec.leases_reclaimed, 1);
+        assert_eq!(rec.leases_reclaimed, 0);
         let v = store.sale(&sale_id).await.unwrap().unwrap();
-        assert_eq!((v.available, v.reserved, v.paid), (8, 1, 1));
+        assert_eq!((v.available, v.reserved, v.paid), (0, 2, 1));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A data dir written by the first version, whose nodes leased chunks of the pool: it
+    /// opens, and the leases it left open come back to the pool for sale.
+    #[tokio::test]
+    async fn a_first_version_journal_opens_with_its_leases_back_in_the_pool() {
+        let dir = temp_dir("v1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let sale_id = SaleId::parse("s").unwrap();
+        let mut r = ticketrush_core::Reservation {
+            id: ReservationId::parse("r1").unwrap(),
+            sale_id: sale_id.clone(),
+            user_id: UserId::parse("u1").unwrap(),
+            state: ticketrush_core::ReservationState::Reserved,
+            created_at: UnixMs(1),
+            expires_at: UnixMs(4_000_000_000_000),
+            paid_at: None,
+            updated_at: UnixMs(1),
+        };
+        let mut buf = Vec::new();
+        journal::encode(
+            &Event::SaleCreated {
+                spec: sale("s", 10),
+                at: UnixMs(0),
+            },
+            &mut buf,
+        );
+        journal::encode(
+            &Event::LeaseGranted {
+                sale_id: sale_id.clone(),
+                lease: 1,
+                node: ticketrush_core::NodeId::parse("n1").unwrap(),
+                tickets: 5,
+                deadline: UnixMs(4_000_000_000_000),
+            },
+            &mut buf,
+        );
+        journal::encode(
+            &Event::Reserved {
+                reservation: r.clone(),
+                lease: 1,
+                idempotency_key: None,
+            },
+            &mut buf,
+        );
+        std::fs::write(dir.join(JOURNAL_FILE), &buf).unwrap();
+        let (store, rec) = EmbeddedStore::open(&dir).unwrap();
+        assert_eq!((rec.events, rec.leases_reclaimed), (3, 1));
+        let v = store.sale(&sale_id).await.unwrap().unwrap();
+        assert_eq!((v.available, v.reserved), (9, 1));
+        // All 9 sell from the pool.
+        let items: Vec<ReserveItem> = (2..=11).map(item).collect();
+        let out = store.reserve_batch(&sale_id, items).await.unwrap();
+        assert_eq!(out.available, 0);
+        assert_eq!(out.outcomes[9], ReserveOutcome::NoStock);
+        r.id = ReservationId::parse("r2").unwrap();
+        assert!(store.reservation(&r.id).await.unwrap().is_some());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -19,8 +19,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use ticketrush_core::{
-    IdempotencyKey, LeaseGrant, LeaseId, LedgerError, NodeId, Reservation, ReservationId,
-    ReserveItem, ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
+    IdempotencyKey, LedgerError, Reservation, ReservationId, ReserveItem, ReserveOutcome, SaleId,
+    SaleSpec, SaleView, UnixMs, UserId,
 };
 
 pub use embedded::EmbeddedStore;
@@ -44,7 +44,19 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReapReport {
     pub expired: usize,
+    /// Leases left open by the first version (see `Ledger`), taken back into the pool.
     pub leases_reclaimed: usize,
+}
+
+/// The store's answer to a batch of reservations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// One answer per item, in order.
+    pub outcomes: Vec<ReserveOutcome>,
+    /// Unsold tickets of the sale right after the batch, in the same atomic step: 0 means
+    /// sold out for every node at that moment, which lets a node answer the next requests from
+    /// memory (see `ticketrush_core::SoldOutGate`).
+    pub available: u64,
 }
 
 /// A sale's counts with every reservation of it (see [`Store::snapshot`]).
@@ -63,39 +75,14 @@ pub trait Store: Send + Sync + 'static {
     fn sale<'a>(&'a self, id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<SaleView>>>;
     fn sales(&self) -> BoxFuture<'_, StoreResult<Vec<SaleView>>>;
 
-    /// Leases up to `want` tickets to `node` for `lease_ms`, extending `held` if it is still
-    /// the node's live lease (see `Ledger::lease`).
-    fn lease<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        node: &'a NodeId,
-        held: LeaseId,
-        want: u64,
-        lease_ms: i64,
-    ) -> BoxFuture<'a, StoreResult<LeaseGrant>>;
-    fn renew<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        lease: LeaseId,
-        lease_ms: i64,
-    ) -> BoxFuture<'a, StoreResult<UnixMs>>;
-    /// Returns unsold tickets of a lease to the pool; `close` ends the lease.
-    fn release<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        lease: LeaseId,
-        tickets: u64,
-        close: bool,
-    ) -> BoxFuture<'a, StoreResult<u64>>;
-
-    /// Commits a batch of reservations against a lease and answers each item, durably: when
-    /// this returns, every `Reserved` outcome survives a crash.
+    /// Commits a batch of reservations against the sale's pool and answers each item, durably:
+    /// when this returns, every `Reserved` outcome survives a crash. A `NoStock` item met an
+    /// empty pool: sold out for the whole sale at that moment.
     fn reserve_batch<'a>(
         &'a self,
         sale_id: &'a SaleId,
-        lease: LeaseId,
         items: Vec<ReserveItem>,
-    ) -> BoxFuture<'a, StoreResult<Vec<ReserveOutcome>>>;
+    ) -> BoxFuture<'a, StoreResult<BatchOutcome>>;
 
     fn find_idempotent<'a>(
         &'a self,
@@ -118,7 +105,8 @@ pub trait Store: Send + Sync + 'static {
         user_id: &'a UserId,
     ) -> BoxFuture<'a, StoreResult<Reservation>>;
 
-    /// Expires due holds (at most `max`) and reclaims lapsed leases. Safe on every node at once.
+    /// Expires due holds (at most `max`) and takes back lapsed first-version leases. Safe on
+    /// every node at once.
     fn reap(&self, max: usize) -> BoxFuture<'_, StoreResult<ReapReport>>;
 
     /// A sale's counts and all its reservations, read together: what the audit checks. Meant

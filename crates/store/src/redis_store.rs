@@ -3,8 +3,9 @@
 //! Cluster mode runs many nodes on one Redis. Each operation of the [`Store`] trait is one
 //! script call, so it is atomic in Redis and costs one round trip; a batch of reservations is
 //! one call however many items it holds. The scripts (`crates/store/lua/`) implement the same
-//! rules as [`Ledger`](ticketrush_core::Ledger): leases with deadlines and fencing, the
-//! per-user limit and idempotency in the same step as the deduction, expiry back to the pool.
+//! rules as [`Ledger`](ticketrush_core::Ledger): every reservation decided against the sale's
+//! one pool, the per-user limit and idempotency in the same step as the deduction, expiry back
+//! to the pool (and the first version's leases, taken back once they lapse).
 //! Their clock is Redis's `TIME`, so every node measures deadlines against one clock.
 //!
 //! Key layout: every key of a sale carries the hash tag `{sale:ID}`, so a sale lives in one
@@ -26,11 +27,11 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use ticketrush_core::{
-    IdempotencyKey, LeaseGrant, LeaseId, LedgerError, NodeId, Reservation, ReservationId,
-    ReservationState, ReserveItem, ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
+    IdempotencyKey, LedgerError, Reservation, ReservationId, ReservationState, ReserveItem,
+    ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
 };
 
-use crate::{BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
+use crate::{BatchOutcome, BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
 
 /// The set of every sale id; not in any sale's slot.
 pub const SALES_KEY: &str = "ticketrush:sales";
@@ -82,9 +83,6 @@ impl RedisConfig {
 /// calls EVALSHA, loading the script again when Redis answers NOSCRIPT (after a restart).
 struct Scripts {
     create_sale: Script,
-    lease: Script,
-    renew: Script,
-    release: Script,
     reserve_batch: Script,
     settle: Script,
     reap: Script,
@@ -96,9 +94,6 @@ impl Scripts {
         let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
         Scripts {
             create_sale: with_prelude(include_str!("../lua/create_sale.lua")),
-            lease: with_prelude(include_str!("../lua/lease.lua")),
-            renew: with_prelude(include_str!("../lua/renew.lua")),
-            release: with_prelude(include_str!("../lua/release.lua")),
             reserve_batch: with_prelude(include_str!("../lua/reserve_batch.lua")),
             settle: with_prelude(include_str!("../lua/settle.lua")),
             reap: with_prelude(include_str!("../lua/reap.lua")),
@@ -336,13 +331,10 @@ impl RedisStore {
     async fn do_reserve_batch(
         &self,
         sale_id: &SaleId,
-        lease: LeaseId,
         items: Vec<ReserveItem>,
-    ) -> StoreResult<Vec<ReserveOutcome>> {
-        let lease_s = lease.to_string();
+    ) -> StoreResult<BatchOutcome> {
         let backlog = self.config.events_backlog_max.to_string();
-        let mut args: Vec<&str> = Vec::with_capacity(2 + 3 * items.len());
-        args.push(&lease_s);
+        let mut args: Vec<&str> = Vec::with_capacity(1 + 3 * items.len());
         args.push(&backlog);
         for it in &items {
             args.push(it.id.as_str());
@@ -352,16 +344,21 @@ impl RedisStore {
         let reply = self
             .run(&self.scripts.reserve_batch, sale_id, &args)
             .await?;
-        if reply.len() != 2 + items.len() {
+        if reply.len() != 3 + items.len() {
             return Err(bad_reply("reserve_batch", &reply));
         }
         let created = UnixMs(parse_num(&reply[0])?);
         let expires = UnixMs(parse_num(&reply[1])?);
-        items
+        let available = parse_num(&reply[2])?.max(0) as u64;
+        let outcomes = items
             .into_iter()
-            .zip(&reply[2..])
+            .zip(&reply[3..])
             .map(|(item, answer)| outcome(sale_id, item, answer, created, expires))
-            .collect()
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(BatchOutcome {
+            outcomes,
+            available,
+        })
     }
 
     /// One reaper pass over every sale, starting one sale further each pass so a sale with
@@ -429,7 +426,6 @@ fn refusal(code: &str) -> StoreError {
     let e = match code {
         "SALE_EXISTS" => LedgerError::SaleExists,
         "SALE_NOT_FOUND" => LedgerError::SaleNotFound,
-        "LEASE_LOST" => LedgerError::LeaseLost,
         "RESERVATION_NOT_FOUND" => LedgerError::ReservationNotFound,
         "FORBIDDEN" => LedgerError::Forbidden,
         "EXPIRED" => LedgerError::Expired,
@@ -560,81 +556,12 @@ impl Store for RedisStore {
         })
     }
 
-    fn lease<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        node: &'a NodeId,
-        held: LeaseId,
-        want: u64,
-        lease_ms: i64,
-    ) -> BoxFuture<'a, StoreResult<LeaseGrant>> {
-        Box::pin(async move {
-            let args = [
-                node.as_str(),
-                &held.to_string(),
-                &want.to_string(),
-                &lease_ms.to_string(),
-            ];
-            let r = self.run(&self.scripts.lease, sale_id, &args).await?;
-            if r.len() != 3 {
-                return Err(bad_reply("lease", &r));
-            }
-            Ok(LeaseGrant {
-                lease: LeaseId::try_from(parse_num(&r[0])?).map_err(|_| bad_reply("lease", &r))?,
-                granted: parse_num(&r[1])? as u64,
-                deadline: UnixMs(parse_num(&r[2])?),
-            })
-        })
-    }
-
-    fn renew<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        lease: LeaseId,
-        lease_ms: i64,
-    ) -> BoxFuture<'a, StoreResult<UnixMs>> {
-        Box::pin(async move {
-            let args = [lease.to_string(), lease_ms.to_string()];
-            let r = self
-                .run(&self.scripts.renew, sale_id, &[&args[0], &args[1]])
-                .await?;
-            Ok(UnixMs(parse_num(
-                r.first().ok_or_else(|| bad_reply("renew", &r))?,
-            )?))
-        })
-    }
-
-    fn release<'a>(
-        &'a self,
-        sale_id: &'a SaleId,
-        lease: LeaseId,
-        tickets: u64,
-        close: bool,
-    ) -> BoxFuture<'a, StoreResult<u64>> {
-        Box::pin(async move {
-            let args = [
-                lease.to_string(),
-                tickets.to_string(),
-                if close { "1" } else { "0" }.to_string(),
-            ];
-            let r = self
-                .run(
-                    &self.scripts.release,
-                    sale_id,
-                    &[&args[0], &args[1], &args[2]],
-                )
-                .await?;
-            Ok(parse_num(r.first().ok_or_else(|| bad_reply("release", &r))?)? as u64)
-        })
-    }
-
     fn reserve_batch<'a>(
         &'a self,
         sale_id: &'a SaleId,
-        lease: LeaseId,
         items: Vec<ReserveItem>,
-    ) -> BoxFuture<'a, StoreResult<Vec<ReserveOutcome>>> {
-        Box::pin(self.do_reserve_batch(sale_id, lease, items))
+    ) -> BoxFuture<'a, StoreResult<BatchOutcome>> {
+        Box::pin(self.do_reserve_batch(sale_id, items))
     }
 
     fn find_idempotent<'a>(

@@ -5,13 +5,13 @@
 //! deployment uses, so what it shows is what production does rather than a simulation of it:
 //!
 //! - N nodes (`ticketrush_server::start` + `http::serve`, weights 1..N), each on its own free
-//!   port. They share one global store: an `EmbeddedStore` in a fresh temp dir (one `Arc`, and
-//!   each node leases from it under its own node id exactly as nodes lease from Redis), or with
-//!   `--redis` one `RedisStore` connection per node, as separate processes would have.
+//!   port. They share one global store: an `EmbeddedStore` in a fresh temp dir (one `Arc`;
+//!   each node commits its own batches to it exactly as nodes do to Redis), or with `--redis`
+//!   one `RedisStore` connection per node, as separate processes would have.
 //! - The gateway (`ticketrush_gateway::Gateway`, nginx's smooth weighted round-robin) in front.
 //! - The load generator (`ticketrush_bench::run`) against the gateway only, so every request
 //!   crosses the tier; its `X-Node-Id` tally of the winners is what each node sold.
-//! - After the run the tier is stopped (nodes drained, their unsold allotments returned) and the
+//! - After the run the tier is stopped (gateway, then nodes drained) and the
 //!   sale is audited from the store itself (`Store::snapshot` + `audit_sale`), the same check
 //!   and the same printout as `ticketrush audit` over a store.
 //!
@@ -311,7 +311,7 @@ impl Tier {
     }
 
     /// The gateway first (no new requests reach the nodes), then the nodes: each drains its
-    /// connections, stops its background tasks and returns its unsold allotment. All nodes are
+    /// connections and stops its background tasks. All nodes are
     /// signalled before any is waited for, so their drains overlap.
     async fn stop(&mut self) {
         if let Some(g) = self.gateway.take() {
@@ -346,7 +346,6 @@ async fn start_node(
         batch_size_max: ticketrush_server::limits::BATCH_SIZE_DEFAULT,
         batch_wait: ticketrush_server::limits::BATCH_WAIT_DEFAULT,
         pending_max: ticketrush_server::limits::PENDING_DEFAULT,
-        lease: std::time::Duration::from_secs(ticketrush_server::limits::LEASE_SECONDS_DEFAULT),
         default_sale: Some(sale.clone()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -19,7 +19,7 @@ use ticketrush_core::{NodeId, SaleId, SaleSpec, UnixMs};
 use ticketrush_gateway::limits as gateway_limits;
 use ticketrush_server::limits::{
     BATCH_SIZE_CEILING, BATCH_SIZE_DEFAULT, BATCH_WAIT_CEILING, BATCH_WAIT_DEFAULT,
-    LEASE_SECONDS_DEFAULT, LEASE_SECONDS_MAX, PENDING_CEILING, PENDING_DEFAULT,
+    PENDING_CEILING, PENDING_DEFAULT,
 };
 use ticketrush_server::NodeConfig;
 use ticketrush_store::{EmbeddedStore, RedisConfig, RedisStore, Store, StoreError};
@@ -99,10 +99,10 @@ struct ServeArgs {
     #[arg(long, env = "TICKETRUSH_PENDING_MAX", default_value_t = PENDING_DEFAULT as u64,
           value_parser = clap::value_parser!(u64).range(1..=PENDING_CEILING as u64))]
     pending_max: u64,
-    /// Lease duration in seconds: a dead node's unsold share returns to the pool within it.
-    #[arg(long, env = "TICKETRUSH_LEASE_SECONDS", default_value_t = LEASE_SECONDS_DEFAULT,
-          value_parser = clap::value_parser!(u64).range(1..=LEASE_SECONDS_MAX))]
-    lease_seconds: u64,
+    /// No effect since nodes stopped leasing allotments (every reservation is decided against
+    /// the sale's one pool); still accepted so that existing start scripts run.
+    #[arg(long, env = "TICKETRUSH_LEASE_SECONDS", hide = true)]
+    lease_seconds: Option<u64>,
     /// Cluster mode: keep the global stock in this Redis (redis://HOST:PORT[/DB]) instead of
     /// the embedded store; any number of nodes may share one Redis.
     #[arg(long, env = "TICKETRUSH_REDIS", value_parser = parse_redis_url)]
@@ -258,6 +258,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for (id, total) in &args.sales {
         ensure_sale(store.as_ref(), id, *total).await?;
     }
+    if args.lease_seconds.is_some() {
+        tracing::warn!("--lease-seconds has no effect any more: nodes hold no allotments");
+    }
     let admin_token = args.admin_token.unwrap_or_else(|| {
         let t = ticketrush_server::node::new_reservation_id().to_string();
         tracing::warn!(admin_token = %t, "no --admin-token given; made one for this run");
@@ -273,7 +276,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         batch_size_max: args.batch_size as usize,
         batch_wait: Duration::from_micros(args.batch_wait_us),
         pending_max: args.pending_max as usize,
-        lease: Duration::from_secs(args.lease_seconds),
         default_sale: args.sales.first().map(|(id, _)| id.clone()),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -292,7 +294,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("ticketrush listening on http://{addr} as {node_id}");
     tracing::info!(%addr, node = %node_id, "serving");
     ticketrush_server::http::serve(listener, started.router.clone(), shutdown_signal()).await;
-    tracing::info!("shutting down: returning unsold allotments");
+    tracing::info!("shutting down");
     started.shutdown().await;
     if let Some(w) = writer {
         w.stop().await;

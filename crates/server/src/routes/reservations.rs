@@ -101,9 +101,7 @@ pub async fn cancel(
     let id = reservation_id(id)?;
     let req: UserBody = read_json(&headers, body).await?;
     let r = node.store.cancel(&id, &req.user_id).await?;
-    // A cancelled ticket is back in the pool: let the sold-out fast path see it now.
-    if let Ok(rt) = node.runtime(&r.sale_id).await {
-        rt.pool_may_have_stock();
-    }
+    // A cancelled ticket is back in the pool: this node stops answering sold_out from memory.
+    node.tickets_returned(Some(&r.sale_id));
     Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
 }

@@ -23,7 +23,6 @@ fn bad_flags_exit_2_with_a_clear_message() {
         (&["serve", "--sale", "bad id:5"], "sale_id"),
         (&["serve", "--listen", "not-an-address"], "--listen"),
         (&["serve", "--batch-size", "0"], "--batch-size"),
-        (&["serve", "--lease-seconds", "0"], "--lease-seconds"),
         (&["serve", "--log", "[unclosed"], "log filter"),
         (&["serve", "--no-such-flag"], "--no-such-flag"),
         (&["no-such-command"], "no-such-command"),

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use ticketrush_core::{
-    LedgerError, NodeId, ReservationId, ReservationState, ReserveItem, ReserveOutcome, SaleId,
-    SaleSpec, UserId,
+    LedgerError, ReservationId, ReservationState, ReserveItem, ReserveOutcome, SaleId, SaleSpec,
+    UserId,
 };
 use ticketrush_store::{RedisConfig, RedisStore, Store, StoreError};
 use tokio::process::Child;
@@ -63,59 +63,58 @@ fn counts(v: &ticketrush_core::SaleView) -> (u64, u64, u64) {
 async fn scripts_sell_the_last_ticket_once_and_then_nothing() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
-    let node = NodeId::parse("n1").unwrap();
     s.create_sale(sale("last", 2, 5, 60)).await.unwrap();
     assert!(matches!(
         s.create_sale(sale("last", 2, 5, 60)).await,
         Err(StoreError::Ledger(LedgerError::SaleExists))
     ));
 
-    // Wanting more than the pool grants what there is; the pool is then empty.
-    let g = s.lease(&sid("last"), &node, 0, 10, 10_000).await.unwrap();
-    assert_eq!((g.granted, g.lease > 0), (2, true));
-    let none = s.lease(&sid("other-node"), &node, 0, 1, 10_000).await;
+    let none = s
+        .reserve_batch(&sid("other-sale"), vec![item("other-sale", 1, "a", None)])
+        .await;
     assert!(matches!(
         none,
         Err(StoreError::Ledger(LedgerError::SaleNotFound))
     ));
-    let again = s
-        .lease(&sid("last"), &NodeId::parse("n2").unwrap(), 0, 5, 10_000)
-        .await
-        .unwrap();
-    assert_eq!(
-        (again.granted, again.lease),
-        (0, 0),
-        "zero stock grants nothing"
-    );
 
-    // Three items on a lease of two: the third finds no stock.
+    // Three items on a pool of two: the third finds no stock, and the batch says none is left.
     let items = vec![
         item("last", 1, "a", None),
         item("last", 2, "b", None),
         item("last", 3, "c", None),
     ];
-    let out = s.reserve_batch(&sid("last"), g.lease, items).await.unwrap();
-    assert!(matches!(out[0], ReserveOutcome::Reserved(_)));
-    assert!(matches!(out[1], ReserveOutcome::Reserved(_)));
-    assert_eq!(out[2], ReserveOutcome::NoStock);
+    let out = s.reserve_batch(&sid("last"), items).await.unwrap();
+    assert!(matches!(out.outcomes[0], ReserveOutcome::Reserved(_)));
+    assert!(matches!(out.outcomes[1], ReserveOutcome::Reserved(_)));
+    assert_eq!(out.outcomes[2], ReserveOutcome::NoStock);
+    assert_eq!(out.available, 0);
     let v = s.sale(&sid("last")).await.unwrap().unwrap();
     assert_eq!(counts(&v), (0, 2, 0));
+    // Any later batch, from any node, finds the same empty pool and writes nothing.
+    let out = s
+        .reserve_batch(&sid("last"), vec![item("last", 4, "d", None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.outcomes[0].clone(), out.available),
+        (ReserveOutcome::NoStock, 0)
+    );
 }
 
 #[tokio::test]
 async fn scripts_enforce_limits_and_replay_idempotency_keys() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
-    let node = NodeId::parse("n1").unwrap();
     s.create_sale(sale("lim", 10, 2, 60)).await.unwrap();
-    let g = s.lease(&sid("lim"), &node, 0, 10, 10_000).await.unwrap();
     let items = vec![
         item("lim", 1, "u", Some("k1")),
         item("lim", 2, "u", Some("k1")), // same key in the same batch: a replay
         item("lim", 3, "u", None),
         item("lim", 4, "u", None), // third ticket for a limit of two
     ];
-    let out = s.reserve_batch(&sid("lim"), g.lease, items).await.unwrap();
+    let out = s.reserve_batch(&sid("lim"), items).await.unwrap();
+    assert_eq!(out.available, 8);
+    let out = out.outcomes;
     let ReserveOutcome::Reserved(first) = &out[0] else {
         panic!("first item: {:?}", out[0]);
     };
@@ -125,9 +124,10 @@ async fn scripts_enforce_limits_and_replay_idempotency_keys() {
 
     // A later replay (another batch) answers the same reservation, and so does the lookup.
     let out = s
-        .reserve_batch(&sid("lim"), g.lease, vec![item("lim", 5, "u", Some("k1"))])
+        .reserve_batch(&sid("lim"), vec![item("lim", 5, "u", Some("k1"))])
         .await
-        .unwrap();
+        .unwrap()
+        .outcomes;
     assert_eq!(out[0], ReserveOutcome::Replayed(first.clone()));
     let key = ticketrush_core::IdempotencyKey::parse("k1").unwrap();
     let found = s
@@ -148,68 +148,75 @@ async fn scripts_enforce_limits_and_replay_idempotency_keys() {
         Err(StoreError::Ledger(LedgerError::Cancelled))
     ));
     let out = s
-        .reserve_batch(&sid("lim"), g.lease, vec![item("lim", 6, "u", None)])
+        .reserve_batch(&sid("lim"), vec![item("lim", 6, "u", None)])
         .await
         .unwrap();
-    assert!(matches!(out[0], ReserveOutcome::Reserved(_)));
+    assert!(matches!(out.outcomes[0], ReserveOutcome::Reserved(_)));
 }
 
+/// A Redis written by the first version holds leases (its nodes sold from leased chunks).
+/// This version never grants one; `reap` takes each back into the pool once it lapses, so
+/// every ticket is on sale again after an upgrade.
 #[tokio::test]
-async fn scripts_fence_a_lapsed_lease_and_reclaim_its_share() {
+async fn scripts_take_back_first_version_leases_once_lapsed() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
-    let (n1, n2) = (NodeId::parse("n1").unwrap(), NodeId::parse("n2").unwrap());
-    s.create_sale(sale("fence", 10, 1, 60)).await.unwrap();
-    let g = s.lease(&sid("fence"), &n1, 0, 6, 200).await.unwrap();
-    assert_eq!(g.granted, 6);
-    assert!(wait_until(Duration::from_secs(5), || async { s.now() > g.deadline }).await);
-    // Lapsed but not yet reclaimed: commits and renewals naming it are refused.
-    let out = s
-        .reserve_batch(&sid("fence"), g.lease, vec![item("fence", 1, "a", None)])
-        .await;
-    assert!(matches!(
-        out,
-        Err(StoreError::Ledger(LedgerError::LeaseLost))
-    ));
-    assert!(matches!(
-        s.renew(&sid("fence"), g.lease, 10_000).await,
-        Err(StoreError::Ledger(LedgerError::LeaseLost))
-    ));
-    // Another node's lease call takes the lapsed share back first: all ten are there.
-    let g2 = s.lease(&sid("fence"), &n2, 0, 100, 10_000).await.unwrap();
-    assert_eq!(g2.granted, 10);
-    assert_ne!(g2.lease, g.lease, "lease ids are never reused");
-    let v = s.sale(&sid("fence")).await.unwrap().unwrap();
-    assert_eq!(counts(&v), (10, 0, 0));
-    // Returning part of a live lease, then closing it.
-    assert_eq!(
-        s.release(&sid("fence"), g2.lease, 3, false).await.unwrap(),
-        3
-    );
-    assert_eq!(
-        s.release(&sid("fence"), g2.lease, 0, true).await.unwrap(),
-        7
-    );
-    assert!(matches!(
-        s.release(&sid("fence"), g2.lease, 0, true).await,
-        Err(StoreError::Ledger(LedgerError::LeaseLost))
-    ));
+    s.create_sale(sale("v1", 10, 1, 60)).await.unwrap();
+    let keys = ticketrush_store::redis_store::sale_keys(&sid("v1"));
+    let now = s.now().0;
+    // Two leases as the first version's `lease.lua` wrote them: 4 unsold, lapsing soon; 2
+    // unsold, lapsing in an hour.
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let soon = format!("4 {} n1", now + 300);
+    let later = format!("2 {} n2", now + 3_600_000);
+    let _: () = redis::pipe()
+        .hset(&keys[1], "1", &soon)
+        .hset(&keys[1], "2", &later)
+        .hincr(&keys[0], "pool", -6)
+        .hincr(&keys[0], "leased", 6)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let v = s.sale(&sid("v1")).await.unwrap().unwrap();
+    assert_eq!(counts(&v), (10, 0, 0), "leased tickets count as available");
+    // The pool holds 4: the fifth item of a batch is sold out, and the batch says 6 remain
+    // (the leased ones), so no node concludes the sale is over.
+    let items: Vec<ReserveItem> = (1..=5)
+        .map(|n| item("v1", n, &format!("u{n}"), None))
+        .collect();
+    let out = s.reserve_batch(&sid("v1"), items).await.unwrap();
+    assert_eq!(out.outcomes[4], ReserveOutcome::NoStock);
+    assert_eq!(out.available, 6);
+    // Once the first lease lapses, a reaper pass puts its 4 back; the other stays.
+    assert!(wait_until(Duration::from_secs(5), || async { s.now().0 > now + 300 }).await);
+    assert_eq!(s.reap(100).await.unwrap().leases_reclaimed, 1);
+    let items: Vec<ReserveItem> = (6..=10)
+        .map(|n| item("v1", n, &format!("u{n}"), None))
+        .collect();
+    let out = s.reserve_batch(&sid("v1"), items).await.unwrap();
+    assert_eq!(out.outcomes[4], ReserveOutcome::NoStock);
+    assert_eq!(out.available, 2);
+    let v = s.sale(&sid("v1")).await.unwrap().unwrap();
+    assert_eq!(counts(&v), (2, 8, 0));
 }
 
 #[tokio::test]
 async fn scripts_pay_and_expire_holds() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
-    let node = NodeId::parse("n1").unwrap();
     s.create_sale(sale("hold", 3, 3, 1)).await.unwrap();
-    let g = s.lease(&sid("hold"), &node, 0, 3, 60_000).await.unwrap();
     let items = vec![
         item("hold", 1, "a", None),
         item("hold", 2, "b", None),
         item("hold", 3, "c", None),
     ];
-    let out = s.reserve_batch(&sid("hold"), g.lease, items).await.unwrap();
+    let out = s.reserve_batch(&sid("hold"), items).await.unwrap();
     let ids: Vec<ReservationId> = out
+        .outcomes
         .iter()
         .map(|o| match o {
             ReserveOutcome::Reserved(r) => r.id.clone(),
@@ -252,7 +259,7 @@ async fn scripts_pay_and_expire_holds() {
         Err(StoreError::Ledger(LedgerError::Expired))
     ));
     let v = s.sale(&sid("hold")).await.unwrap().unwrap();
-    // The lease still holds nothing; the two expired tickets are back in the pool.
+    // The two expired tickets are back in the pool.
     assert_eq!(counts(&v), (2, 0, 1));
     assert!(s
         .reservation(&ReservationId::parse("nosuch.hold").unwrap())
@@ -263,9 +270,8 @@ async fn scripts_pay_and_expire_holds() {
 
 // ----- nodes over HTTP -----
 
-async fn redis_node(redis: &RedisServer, name: &str, lease: Duration) -> TestNode {
-    let mut cfg = config(name);
-    cfg.lease = lease;
+async fn redis_node(redis: &RedisServer, name: &str) -> TestNode {
+    let cfg = config(name);
     let store: Arc<dyn Store> = store(redis).await;
     TestNode::start_on(cfg, store, TempDir::new("redis-node")).await
 }
@@ -275,7 +281,7 @@ async fn three_nodes_sell_every_ticket_exactly_once() {
     let redis = RedisServer::start();
     let mut nodes = Vec::new();
     for n in 0..3 {
-        nodes.push(redis_node(&redis, &format!("race-{n}"), Duration::from_secs(10)).await);
+        nodes.push(redis_node(&redis, &format!("race-{n}")).await);
     }
     // Created on one node, served by all.
     assert_eq!(
@@ -350,7 +356,7 @@ async fn one_user_on_every_node_gets_only_their_limit() {
     let redis = RedisServer::start();
     let mut nodes = Vec::new();
     for n in 0..3 {
-        nodes.push(redis_node(&redis, &format!("lim-{n}"), Duration::from_secs(10)).await);
+        nodes.push(redis_node(&redis, &format!("lim-{n}")).await);
     }
     let a = nodes[1]
         .client
@@ -381,7 +387,7 @@ async fn one_user_on_every_node_gets_only_their_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_answers_503_quickly_and_the_node_recovers() {
     let mut redis = RedisServer::start();
-    let node = redis_node(&redis, "outage", Duration::from_secs(10)).await;
+    let node = redis_node(&redis, "outage").await;
     let c = &node.client;
     assert_eq!(c.create_sale("aof", 1_000, json!({})).await.status, 201);
     let mut acked = Vec::new();
@@ -440,17 +446,9 @@ async fn redis_down_answers_503_quickly_and_the_node_recovers() {
 // ----- real processes: SIGKILL and SIGSTOP -----
 
 /// The real `ticketrush serve --redis` on a free port.
-async fn spawn_redis_node(redis: &RedisServer, name: &str, lease_seconds: u64) -> (Child, Client) {
-    let (url, lease) = (redis.url(), lease_seconds.to_string());
-    spawn_serve(&[
-        "--redis",
-        &url,
-        "--node-id",
-        name,
-        "--lease-seconds",
-        &lease,
-    ])
-    .await
+async fn spawn_redis_node(redis: &RedisServer, name: &str) -> (Child, Client) {
+    let url = redis.url();
+    spawn_serve(&["--redis", &url, "--node-id", name]).await
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -464,47 +462,34 @@ fn signal(child: &Child, sig: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_nodes_share_is_sold_by_the_others_within_the_lease() {
+async fn a_killed_node_strands_no_ticket() {
     let redis = RedisServer::start();
-    let (mut a, ca) = spawn_redis_node(&redis, "victim", 2).await;
-    let (_b, cb) = spawn_redis_node(&redis, "survivor", 2).await;
+    let (mut a, ca) = spawn_redis_node(&redis, "victim").await;
+    let (_b, cb) = spawn_redis_node(&redis, "survivor").await;
     assert_eq!(ca.create_sale("kill", 200, json!({})).await.status, 201);
-    // The victim sells a little, so it holds a leased share of the stock.
+    // The victim sells a little (and, in the first version, held a leased share then).
     for i in 0..5 {
         assert_eq!(ca.reserve("kill", &format!("a{i}")).await.status, 201);
     }
     a.start_kill().unwrap();
     let _ = a.wait().await;
-    let killed_at = Instant::now();
 
-    // The survivor keeps selling to new users; the victim's share comes back within the
-    // lease (2 s) plus a reaper pass, so every ticket ends up sold.
-    let mut i = 0;
-    let sold_all = wait_until(Duration::from_secs(15), || {
-        i += 1;
-        let cb = cb.clone();
-        let user = format!("b{i}");
-        async move {
-            let a = cb.reserve("kill", &user).await;
-            assert!(a.status == 201 || a.error() == "sold_out", "{:?}", a.body);
-            let (available, reserved, _, _) = cb.counts("kill").await;
-            available == 0 && reserved == 200
-        }
-    })
-    .await;
-    assert!(sold_all, "the dead node's share was not resold");
-    assert!(
-        killed_at.elapsed() < Duration::from_secs(10),
-        "resold in {:?}",
-        killed_at.elapsed()
-    );
+    // At once, with no lease to wait out: the survivor sells every other ticket, each of the
+    // 195 users wins, and only the next one hears sold_out.
+    for i in 0..195 {
+        let r = cb.reserve("kill", &format!("b{i}")).await;
+        assert_eq!(r.status, 201, "user b{i}: {:?}", r.body);
+    }
+    let r = cb.reserve("kill", "late").await;
+    assert_eq!(r.error(), "sold_out");
+    assert_eq!(cb.counts("kill").await, (0, 200, 0, 200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_cannot_oversell_when_it_wakes() {
     let redis = RedisServer::start();
-    let (a, ca) = spawn_redis_node(&redis, "sleeper", 1).await;
-    let (_b, cb) = spawn_redis_node(&redis, "awake", 1).await;
+    let (a, ca) = spawn_redis_node(&redis, "sleeper").await;
+    let (_b, cb) = spawn_redis_node(&redis, "awake").await;
     assert_eq!(ca.create_sale("pause", 100, json!({})).await.status, 201);
     for i in 0..3 {
         assert_eq!(ca.reserve("pause", &format!("s{i}")).await.status, 201);
@@ -516,7 +501,7 @@ async fn a_paused_node_cannot_oversell_when_it_wakes() {
         let ca = ca.clone();
         in_flight.spawn(async move { ca.reserve("pause", &format!("late{i}")).await });
     }
-    // While it sleeps past its lease, the other node sells everything, its share included.
+    // While it sleeps, the other node sells everything.
     let mut i = 0;
     let sold_all = wait_until(Duration::from_secs(15), || {
         i += 1;
@@ -529,7 +514,7 @@ async fn a_paused_node_cannot_oversell_when_it_wakes() {
         }
     })
     .await;
-    assert!(sold_all, "the paused node's share was not taken back");
+    assert!(sold_all, "the other node could not sell every ticket");
     signal(&a, "-CONT");
 
     let mut acked = Vec::new();
@@ -556,13 +541,8 @@ async fn a_paused_node_cannot_oversell_when_it_wakes() {
 async fn scripts_commit_the_largest_batch_in_one_call() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
-    let node = NodeId::parse("n1").unwrap();
     let max = ticketrush_server::limits::BATCH_SIZE_CEILING;
     s.create_sale(sale("big", max as u64, 2, 60)).await.unwrap();
-    let g = s
-        .lease(&sid("big"), &node, 0, max as u64, 60_000)
-        .await
-        .unwrap();
     // Users come in threes (a limit of two: every third is refused), and every user's first
     // key is sent twice (the second is a replay of the first, within the same call).
     let items: Vec<ReserveItem> = (0..max)
@@ -572,7 +552,7 @@ async fn scripts_commit_the_largest_batch_in_one_call() {
             item("big", n, &user, key.as_deref())
         })
         .collect();
-    let out = s.reserve_batch(&sid("big"), g.lease, items).await.unwrap();
+    let out = s.reserve_batch(&sid("big"), items).await.unwrap().outcomes;
     assert_eq!(out.len(), max);
     let reserved = out
         .iter()
@@ -594,4 +574,105 @@ async fn scripts_commit_the_largest_batch_in_one_call() {
     let snap = s.snapshot(&sid("big")).await.unwrap().unwrap();
     let report = ticketrush_core::audit_sale(&snap.view, &snap.reservations, None);
     assert!(report.passed(), "{:?}", report.violations);
+}
+
+// ----- no phantom sold-out -----
+
+/// How the users of a run reach the nodes.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    RoundRobin,
+    /// Nine in ten users on node 0, the rest spread over the others.
+    Skewed,
+    /// Node 0 gets the very first user and then no traffic at all.
+    OneThenIdle,
+}
+
+impl Route {
+    fn node(self, user: usize, nodes: usize) -> usize {
+        match self {
+            Route::RoundRobin => user % nodes,
+            Route::Skewed if user % 10 != 9 => 0,
+            Route::Skewed => 1 + user / 10 % (nodes - 1),
+            Route::OneThenIdle if user == 0 => 0,
+            Route::OneThenIdle => 1 + user % (nodes - 1),
+        }
+    }
+}
+
+/// As many users as tickets, each trying once, concurrently, through `nodes` nodes on one
+/// Redis: every user must win, none may be told `sold_out` while a ticket is left anywhere,
+/// and nobody waits a second. The first version failed every case with more than one ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_many_users_as_tickets_all_win_whichever_node_they_reach() {
+    let redis = RedisServer::start();
+    let mut nodes = Vec::new();
+    for n in 0..4 {
+        nodes.push(redis_node(&redis, &format!("fair-{n}")).await);
+    }
+    let cases = [
+        (2, 1, Route::RoundRobin),
+        (2, 50, Route::Skewed),
+        (2, 300, Route::OneThenIdle),
+        (2, 10_000, Route::Skewed),
+        (4, 1, Route::Skewed),
+        (4, 50, Route::RoundRobin),
+        (4, 300, Route::RoundRobin),
+        (4, 300, Route::OneThenIdle),
+        (4, 10_000, Route::RoundRobin),
+    ];
+    for (case, &(n_nodes, tickets, route)) in cases.iter().enumerate() {
+        let sale = format!("fair{case}");
+        let a = nodes[0]
+            .client
+            .create_sale(&sale, tickets as u64, json!({}))
+            .await;
+        assert_eq!(a.status, 201);
+        // 32 buyers at a time; users are claimed from one counter so order is first come.
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = JoinSet::new();
+        for _ in 0..32 {
+            let clients: Vec<Client> = nodes[..n_nodes].iter().map(|n| n.client.clone()).collect();
+            let (next, sale) = (next.clone(), sale.clone());
+            tasks.spawn(async move {
+                let mut slowest = Duration::ZERO;
+                loop {
+                    let u = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if u >= tickets {
+                        return slowest;
+                    }
+                    let c = &clients[route.node(u, n_nodes)];
+                    let t = Instant::now();
+                    let a = c.reserve(&sale, &format!("user{u}")).await;
+                    slowest = slowest.max(t.elapsed());
+                    assert_eq!(
+                        a.status, 201,
+                        "{n_nodes} nodes, {tickets} tickets, {route:?}: user {u} got {:?}",
+                        a.body
+                    );
+                }
+            });
+        }
+        while let Some(slowest) = tasks.join_next().await {
+            let slowest = slowest.unwrap();
+            assert!(
+                slowest < Duration::from_secs(1),
+                "{n_nodes} nodes, {tickets} tickets, {route:?}: a user waited {slowest:?}"
+            );
+        }
+        assert_eq!(
+            nodes[n_nodes - 1].client.counts(&sale).await,
+            (0, tickets as u64, 0, tickets as u64)
+        );
+        // Every node now says sold out, and it is true.
+        for n in &nodes[..n_nodes] {
+            assert_eq!(
+                n.client.reserve(&sale, "one-too-many").await.error(),
+                "sold_out"
+            );
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
 }

@@ -122,7 +122,7 @@ async fn acknowledged_reservations_survive_sigkill_mid_burst() {
         reserved >= acked.len() as u64,
         "no acknowledged hold is missing"
     );
-    // The dead process's unsold allotment is back on sale: the rest can still be sold.
+    // Nothing was held outside the journal: every unsold ticket is still on sale.
     assert_eq!(available, total - reserved);
     assert_eq!(c.reserve("crash", "after-restart").await.status, 201);
     sigkill(&mut child).await;

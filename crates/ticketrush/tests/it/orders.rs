@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use ticketrush_core::{
-    audit_sale, NodeId, Reservation, ReservationId, ReservationState, ReserveItem, ReserveOutcome,
-    SaleId, SaleSpec, UnixMs, UserId,
+    audit_sale, Reservation, ReservationId, ReservationState, ReserveItem, ReserveOutcome, SaleId,
+    SaleSpec, UnixMs, UserId,
 };
 use ticketrush_orders::{OrderWriter, OrdersDb, WriterConfig};
 use ticketrush_store::{RedisConfig, RedisStore, Store};
@@ -59,15 +59,8 @@ async fn converges(store: &RedisStore, db: &TestDb, sale: &str, within: Duration
 /// Commits `n` reservations of distinct users straight through the store, in batches.
 async fn reserve_many(store: &RedisStore, sale: &str, n: usize) -> Vec<Reservation> {
     let sale_id = SaleId::parse(sale).unwrap();
-    let node = NodeId::parse("loader").unwrap();
     let mut out = Vec::new();
-    let mut lease = 0;
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let g = store
-            .lease(&sale_id, &node, lease, chunk.len() as u64, 60_000)
-            .await
-            .unwrap();
-        lease = g.lease;
         let items = chunk
             .iter()
             .map(|i| ReserveItem {
@@ -76,7 +69,7 @@ async fn reserve_many(store: &RedisStore, sale: &str, n: usize) -> Vec<Reservati
                 idempotency_key: None,
             })
             .collect();
-        for o in store.reserve_batch(&sale_id, lease, items).await.unwrap() {
+        for o in store.reserve_batch(&sale_id, items).await.unwrap().outcomes {
             match o {
                 ReserveOutcome::Reserved(r) => out.push(r),
                 other => panic!("{other:?}"),
@@ -244,8 +237,6 @@ async fn a_stalled_postgres_delays_rows_but_loses_none() {
     proxy.freeze(true);
     let started = Instant::now();
     let sale = SaleId::parse("stall").unwrap();
-    let node = NodeId::parse("burst").unwrap();
-    let g = store.lease(&sale, &node, 0, 2_000, 60_000).await.unwrap();
     let items: Vec<ReserveItem> = (0..2_000)
         .map(|i| ReserveItem {
             id: ReservationId::parse(&format!("b{i:025}.stall")).unwrap(),
@@ -254,10 +245,7 @@ async fn a_stalled_postgres_delays_rows_but_loses_none() {
         })
         .collect();
     for chunk in items.chunks(250) {
-        store
-            .reserve_batch(&sale, g.lease, chunk.to_vec())
-            .await
-            .unwrap();
+        store.reserve_batch(&sale, chunk.to_vec()).await.unwrap();
     }
     assert!(
         started.elapsed() < Duration::from_secs(5),

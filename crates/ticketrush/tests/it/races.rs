@@ -79,9 +79,9 @@ async fn one_user_racing_itself_gets_at_most_its_limit() {
     assert_eq!(created.status, 201);
     let answers = burst(c, "self", 400, |_| "greedy".into(), |_| None).await;
     assert_eq!(count(&answers, 201, ""), limit);
-    // Everyone else is told limit_reached; on a machine loaded enough that a request waits
-    // longer than RESERVE_WAIT_MAX for the others' tickets to settle, the node may shed it
-    // with 429 instead (an honest "retry"), but never anything else.
+    // Everyone else is told limit_reached; on a machine loaded enough that the sale's queue to
+    // the store fills, the node may shed a request with 429 instead (an honest "retry"), but
+    // never anything else.
     let shed = count(&answers, 429, "overloaded");
     assert!(shed <= 10, "{shed} requests shed");
     assert_eq!(count(&answers, 409, "limit_reached"), 400 - limit - shed);

@@ -44,7 +44,6 @@ pub fn config(node_id: &str) -> NodeConfig {
         batch_size_max: ticketrush_server::limits::BATCH_SIZE_DEFAULT,
         batch_wait: ticketrush_server::limits::BATCH_WAIT_DEFAULT,
         pending_max: ticketrush_server::limits::PENDING_DEFAULT,
-        lease: Duration::from_secs(10),
         default_sale: None,
     }
 }
