@@ -14,8 +14,7 @@ use arc_swap::ArcSwap;
 
 use rand::RngCore;
 use ticketrush_core::{
-    IdempotencyKey, NodeId, Reservation, ReservationId, ReserveItem, ReserveOutcome, SaleId,
-    SaleSpec, UserId,
+    IdempotencyKey, NodeId, Reservation, ReservationId, ReserveOutcome, SaleId, SaleSpec, UserId,
 };
 use ticketrush_store::{Store, StoreError};
 
@@ -156,13 +155,7 @@ impl Node {
             }
             rt.open.store(true, Relaxed);
         }
-        let id = new_reservation_id_in(&rt.spec.id);
-        let item = ReserveItem {
-            id: id.clone(),
-            user_id: user_id.clone(),
-            idempotency_key: key.clone(),
-        };
-        match rt.stock.reserve(item).await {
+        match rt.stock.reserve(&user_id, key.as_ref()).await {
             Ok(Decision::Store(ReserveOutcome::Reserved(r))) => Ok(Reserved::Created(r)),
             Ok(Decision::Store(ReserveOutcome::Replayed(r))) => Ok(Reserved::Replayed(r)),
             Ok(Decision::Store(ReserveOutcome::LimitReached)) => Err(ApiError::limit_reached()),
@@ -170,8 +163,8 @@ impl Node {
             Ok(Decision::Store(ReserveOutcome::NoStock)) => Err(ApiError::sold_out()),
             Ok(Decision::SoldOutFromMemory) => self.sold_out(rt, &user_id, key.as_ref()).await,
             Err(Undecided::Shed) => Err(ApiError::overloaded()),
-            Err(Undecided::Store(e @ StoreError::Ledger(_))) => Err(e.into()),
-            Err(Undecided::Store(e)) => Err(ApiError::from(e).with_reservation_id(id)),
+            Err(Undecided::Store(e @ StoreError::Ledger(_), _)) => Err(e.into()),
+            Err(Undecided::Store(e, id)) => Err(ApiError::from(e).with_reservation_id(id)),
         }
     }
 

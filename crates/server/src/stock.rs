@@ -15,7 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ticketrush_core::{Admit, ReserveItem, ReserveOutcome, SaleId, SoldOutGate};
+use ticketrush_core::{
+    Admit, IdempotencyKey, ReservationId, ReserveItem, ReserveOutcome, SaleId, SoldOutGate, UserId,
+};
 use ticketrush_store::{Store, StoreError};
 
 use crate::batcher::{Batcher, BatcherConfig, Full};
@@ -38,7 +40,7 @@ pub enum Undecided {
     Shed,
     /// The store failed or timed out and the outcome could not be resolved: 503, naming the
     /// reservation id the request would have had so the client can look it up.
-    Store(StoreError),
+    Store(StoreError, ReservationId),
 }
 
 /// The gate and the node clock it reads, shared by the handlers and the batcher.
@@ -68,6 +70,7 @@ impl Gate {
 }
 
 pub struct SaleStock {
+    sale_id: SaleId,
     gate: Arc<Gate>,
     batcher: Batcher,
 }
@@ -82,24 +85,39 @@ impl SaleStock {
         recheck: Duration,
     ) -> SaleStock {
         let gate = Arc::new(Gate::new(recheck));
-        let batcher = Batcher::start(store, sale_id, gate.clone(), metrics, config);
-        SaleStock { gate, batcher }
+        let batcher = Batcher::start(store, sale_id.clone(), gate.clone(), metrics, config);
+        SaleStock {
+            sale_id,
+            gate,
+            batcher,
+        }
     }
 
-    /// Reserves one ticket: from memory when the sale is known sold out, else in the next
-    /// batch to the store.
-    pub async fn reserve(&self, item: ReserveItem) -> Result<Decision, Undecided> {
+    /// Reserves one ticket for `user_id`: from memory when the sale is known sold out (no id
+    /// made, no allocation), else in the next batch to the store under a new reservation id.
+    pub async fn reserve(
+        &self,
+        user_id: &UserId,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Decision, Undecided> {
         let g = &self.gate;
         if g.gate.admit(g.now_ms(), g.recheck_ms) == Admit::SoldOut {
             return Ok(Decision::SoldOutFromMemory);
         }
+        let id = crate::node::new_reservation_id_in(&self.sale_id);
+        let item = ReserveItem {
+            id: id.clone(),
+            user_id: user_id.clone(),
+            idempotency_key: key.cloned(),
+        };
         let reply = self.batcher.submit(item).map_err(|Full| Undecided::Shed)?;
         match reply.await {
             Ok(Ok(outcome)) => Ok(Decision::Store(outcome)),
-            Ok(Err(e)) => Err(Undecided::Store(e)),
-            Err(_) => Err(Undecided::Store(StoreError::Unavailable(
-                "the batcher stopped".into(),
-            ))),
+            Ok(Err(e)) => Err(Undecided::Store(e, id)),
+            Err(_) => Err(Undecided::Store(
+                StoreError::Unavailable("the batcher stopped".into()),
+                id,
+            )),
         }
     }
 

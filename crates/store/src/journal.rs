@@ -1,19 +1,35 @@
-//! The journal file: an append-only sequence of framed, checksummed events.
+//! The journal file: an append-only sequence of checksummed blocks of events.
 //!
-//! Frame: `len: u32 LE | crc32(payload): u32 LE | payload` where the payload is one event as
-//! JSON (readable with a hex dump, and cheap next to an fsync). A crash can leave a torn frame
-//! at the tail; [`read_all`] stops at the first frame that is short or fails its checksum and
-//! reports the offset of the last good byte, so the file can be cut there before appending.
-
-use std::fs::File;
-use std::io::{self, Read};
+//! Format 2 (written since the journal could tell damage from a torn write):
+//! ```text
+//! file   = MAGIC, block*, zero*             (zeros: space reserved ahead, see embedded.rs)
+//! block  = len: u32 LE | crc32(frames): u32 LE | frames          (len > 0)
+//! frame  = len: u32 LE | crc32(payload): u32 LE | payload        (one event as JSON)
+//! ```
+//! The journal writer writes exactly one block per write and fsyncs it before writing the
+//! next, so only the last block can be torn by a crash. Reading therefore tells three endings
+//! apart, exactly:
+//! - **clean**: the blocks end where the zeros (or the file) begin;
+//! - **torn**: the bytes after the last good block are no whole block and no whole block
+//!   follows them: an unfinished last write, never acknowledged (it was not yet fsynced);
+//! - **damaged**: a block fails its check and a whole, valid block follows it. That later block
+//!   was written after the bad one was fsynced, so the bad one held acknowledged data: the
+//!   disk changed it (a flipped bit, a zeroed sector). The journal must not be cut there.
+//!
+//! Format 1 (the first version) is frames without blocks and without `MAGIC`; it is read (with
+//! the same three endings, where "damaged" means a valid frame after a bad one) and converted.
 
 use ticketrush_core::Event;
 
+/// The first bytes of a format-2 journal.
+pub const MAGIC: &[u8; 8] = b"TRJRNL2\n";
 /// Largest frame we write or accept. An event is a few hundred bytes; anything near this is a
 /// damaged length field, not an event.
 pub const FRAME_BYTES_MAX: usize = 64 * 1024;
-const HEADER_BYTES: usize = 8;
+/// Largest block we write or accept: one group commit (the writer's backlog is bounded well
+/// below this).
+pub const BLOCK_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const HEADER_BYTES: usize = 8;
 
 /// Appends one event's frame to `buf`.
 pub fn encode(event: &Event, buf: &mut Vec<u8>) {
@@ -24,50 +40,167 @@ pub fn encode(event: &Event, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&payload);
 }
 
-/// Everything a journal holds, up to its first damaged frame.
-#[derive(Debug)]
-pub struct Replay {
+/// Appends one block holding `frames` (whole frames, as `encode` made them) to `out`.
+pub fn block(frames: &[u8], out: &mut Vec<u8>) {
+    assert!(
+        !frames.is_empty() && frames.len() <= BLOCK_BYTES_MAX,
+        "block size out of bounds"
+    );
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(frames).to_le_bytes());
+    out.extend_from_slice(frames);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Frames only (the first version); converted when opened.
+    V1,
+    V2,
+}
+
+/// How the readable history ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tail {
+    /// Only zeros (or nothing) after the history.
+    Clean,
+    /// An unfinished last write: `bytes` bytes that are no whole block, and nothing valid after.
+    Torn { bytes: u64 },
+    /// Damage at the end of the history with valid data after it, from `resumes_at` on.
+    Damaged {
+        resumes_at: u64,
+        /// What the valid data after the damage holds (read up to its own first problem).
+        events_after: Vec<Event>,
+    },
+}
+
+/// What reading a journal found.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub format: Format,
+    /// Every event of the readable history, in order.
     pub events: Vec<Event>,
-    /// Bytes of whole, valid frames from the start: where appending must resume.
-    pub good_len: u64,
-    /// Bytes after `good_len` that were not a valid frame (a torn write at the tail).
-    pub torn_bytes: u64,
+    /// Where the readable history ends: where appending resumes.
+    pub data_end: u64,
+    pub tail: Tail,
 }
 
-pub fn read_all(file: &mut File) -> io::Result<Replay> {
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(decode_all(&bytes))
-}
-
-/// Decodes whole frames from the start of `bytes` (a slice of a journal starting at a frame).
-pub fn decode_all(bytes: &[u8]) -> Replay {
+/// Reads a whole journal file's bytes (either format; empty is a clean, empty V2 journal).
+pub fn scan(bytes: &[u8]) -> Scan {
+    if bytes.is_empty() {
+        return Scan {
+            format: Format::V2,
+            events: Vec::new(),
+            data_end: 0,
+            tail: Tail::Clean,
+        };
+    }
+    // `brace`: where a unit's first JSON byte sits from its start, the cheap test that comes
+    // first when every offset after damage is tried.
+    let (format, start, unit, brace): (Format, usize, Unit, usize) = if bytes.starts_with(MAGIC) {
+        (Format::V2, MAGIC.len(), block_at, 2 * HEADER_BYTES)
+    } else {
+        (Format::V1, 0, frame_at, HEADER_BYTES)
+    };
     let mut events = Vec::new();
-    let mut at = 0usize;
-    while let Some((event, next)) = decode_one(bytes, at) {
-        events.push(event);
+    let end = read_units(bytes, start, unit, &mut events);
+    let rest = &bytes[end..];
+    let tail = match rest.iter().rposition(|&b| b != 0) {
+        None => Tail::Clean,
+        Some(last) => match bytes
+            .get(end + 1 + brace..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'{')
+            .map(|(i, _)| end + 1 + i)
+            .find(|&p| unit(bytes, p).is_some())
+        {
+            Some(resumes_at) => {
+                let mut events_after = Vec::new();
+                read_units(bytes, resumes_at, unit, &mut events_after);
+                Tail::Damaged {
+                    resumes_at: resumes_at as u64,
+                    events_after,
+                }
+            }
+            None => Tail::Torn {
+                bytes: (last + 1) as u64,
+            },
+        },
+    };
+    Scan {
+        format,
+        events,
+        data_end: end as u64,
+        tail,
+    }
+}
+
+/// Decodes the whole blocks at the start of `bytes` (a format-2 journal's bytes from a block
+/// boundary): their events and how many bytes they span.
+pub fn decode_blocks(bytes: &[u8]) -> (Vec<Event>, u64) {
+    let mut events = Vec::new();
+    let end = read_units(bytes, 0, block_at, &mut events);
+    (events, end as u64)
+}
+
+/// A reader of one unit (a block, or a bare frame in format 1) at an offset: its events and
+/// where the next unit starts, or `None` if no valid unit starts there.
+type Unit = fn(&[u8], usize) -> Option<(Vec<Event>, usize)>;
+
+/// Reads units from `at` while they are valid; answers where the first invalid one starts.
+fn read_units(bytes: &[u8], mut at: usize, unit: Unit, events: &mut Vec<Event>) -> usize {
+    while let Some((mut evs, next)) = unit(bytes, at) {
+        events.append(&mut evs);
         at = next;
     }
-    Replay {
-        events,
-        good_len: at as u64,
-        torn_bytes: (bytes.len() - at) as u64,
-    }
+    at
 }
 
-fn decode_one(bytes: &[u8], at: usize) -> Option<(Event, usize)> {
-    let header = bytes.get(at..at + HEADER_BYTES)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
-    if len > FRAME_BYTES_MAX {
+fn header(bytes: &[u8], at: usize) -> Option<(usize, u32)> {
+    let h = bytes.get(at..at.checked_add(HEADER_BYTES)?)?;
+    let len = u32::from_le_bytes(h[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(h[4..8].try_into().ok()?);
+    Some((len, crc))
+}
+
+/// A frame's cheap plausibility test: a bounded, non-zero length and a JSON object after the
+/// header. Scanning for valid data after damage tests every offset, so this comes before any
+/// checksum.
+fn plausible_frame(bytes: &[u8], at: usize) -> Option<(usize, u32)> {
+    let (len, crc) = header(bytes, at)?;
+    if len == 0 || len > FRAME_BYTES_MAX || bytes.get(at + HEADER_BYTES) != Some(&b'{') {
         return None;
     }
+    Some((len, crc))
+}
+
+fn frame_at(bytes: &[u8], at: usize) -> Option<(Vec<Event>, usize)> {
+    let (len, crc) = plausible_frame(bytes, at)?;
     let payload = bytes.get(at + HEADER_BYTES..at + HEADER_BYTES + len)?;
     if crc32fast::hash(payload) != crc {
         return None;
     }
     let event = serde_json::from_slice(payload).ok()?;
-    Some((event, at + HEADER_BYTES + len))
+    Some((vec![event], at + HEADER_BYTES + len))
+}
+
+fn block_at(bytes: &[u8], at: usize) -> Option<(Vec<Event>, usize)> {
+    let (len, crc) = header(bytes, at)?;
+    if len == 0 || len > BLOCK_BYTES_MAX {
+        return None;
+    }
+    let start = at + HEADER_BYTES;
+    plausible_frame(bytes, start)?;
+    let frames = bytes.get(start..start + len)?;
+    if crc32fast::hash(frames) != crc {
+        return None;
+    }
+    // The block's checksum held, so its frames are as written: all of them must decode and
+    // fill it exactly.
+    let mut events = Vec::new();
+    let end = read_units(frames, 0, frame_at, &mut events);
+    (end == len).then_some((events, start + len))
 }
 
 #[cfg(test)]
@@ -84,40 +217,112 @@ mod tests {
         }
     }
 
+    /// A format-2 journal of `blocks` blocks of two events each, then `zeros` zero bytes;
+    /// answers it and where each block starts.
+    fn journal(blocks: u64, zeros: usize) -> (Vec<u8>, Vec<usize>) {
+        let mut out = MAGIC.to_vec();
+        let mut starts = Vec::new();
+        for b in 0..blocks {
+            let mut frames = Vec::new();
+            encode(&event(2 * b), &mut frames);
+            encode(&event(2 * b + 1), &mut frames);
+            starts.push(out.len());
+            block(&frames, &mut out);
+        }
+        out.resize(out.len() + zeros, 0);
+        (out, starts)
+    }
+
     #[test]
-    fn decodes_what_it_encodes() {
-        let mut buf = Vec::new();
+    fn a_clean_journal_with_reserved_space_reads_whole() {
+        let (bytes, starts) = journal(3, 4096);
+        let s = scan(&bytes);
+        assert_eq!(s.format, Format::V2);
+        assert_eq!(s.events, (0..6).map(event).collect::<Vec<_>>());
+        assert_eq!(s.data_end as usize, bytes.len() - 4096);
+        assert_eq!(s.tail, Tail::Clean);
+        assert_eq!(starts[0], MAGIC.len());
+        let (events, end) = decode_blocks(&bytes[MAGIC.len()..]);
+        assert_eq!((events.len(), end as usize), (6, bytes.len() - 4096 - 8));
+    }
+
+    #[test]
+    fn a_torn_last_write_is_torn_at_every_cut() {
+        let (full, starts) = journal(3, 0);
+        let last = starts[2];
+        for cut in last + 1..full.len() {
+            // The write's bytes up to `cut` landed; the reserved zeros follow.
+            let mut bytes = full[..cut].to_vec();
+            bytes.resize(full.len() + 512, 0);
+            let s = scan(&bytes);
+            assert_eq!(s.events.len(), 4, "cut at {cut}");
+            assert_eq!(s.data_end as usize, last);
+            assert!(
+                matches!(s.tail, Tail::Torn { .. }),
+                "cut at {cut}: {:?}",
+                s.tail
+            );
+        }
+        // A last write whose first sector never landed but a later one did: still torn.
+        let mut bytes = full.clone();
+        bytes[last..last + 8].fill(0);
+        assert!(matches!(scan(&bytes).tail, Tail::Torn { .. }));
+    }
+
+    #[test]
+    fn damage_before_a_valid_block_is_damage_not_a_tail() {
+        let (full, starts) = journal(4, 256);
+        for at in starts[1]..starts[2] {
+            for flip in [0x01u8, 0x80] {
+                let mut bytes = full.clone();
+                bytes[at] ^= flip;
+                let s = scan(&bytes);
+                assert_eq!(s.data_end as usize, starts[1], "flip at {at}");
+                match s.tail {
+                    Tail::Damaged {
+                        resumes_at,
+                        events_after,
+                    } => {
+                        assert_eq!(resumes_at as usize, starts[2]);
+                        assert_eq!(events_after, (4..8).map(event).collect::<Vec<_>>());
+                    }
+                    other => panic!("flip at {at}: {other:?}"),
+                }
+            }
+        }
+        // A zeroed sector in the middle is damage too, not a clean end.
+        let mut bytes = full.clone();
+        bytes[starts[1]..starts[2]].fill(0);
+        assert!(matches!(scan(&bytes).tail, Tail::Damaged { .. }));
+    }
+
+    #[test]
+    fn format_1_frames_read_with_the_same_endings() {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
         for n in 0..3 {
-            encode(&event(n), &mut buf);
+            starts.push(bytes.len());
+            encode(&event(n), &mut bytes);
         }
-        let r = decode_all(&buf);
-        assert_eq!(r.events, vec![event(0), event(1), event(2)]);
-        assert_eq!((r.good_len, r.torn_bytes), (buf.len() as u64, 0));
-    }
-
-    #[test]
-    fn stops_at_a_torn_tail_at_every_cut() {
-        let mut buf = Vec::new();
-        encode(&event(0), &mut buf);
-        let first = buf.len();
-        encode(&event(1), &mut buf);
-        for cut in first..buf.len() {
-            let r = decode_all(&buf[..cut]);
-            assert_eq!(r.events, vec![event(0)], "cut at {cut}");
-            assert_eq!(r.good_len, first as u64);
-            assert_eq!(r.torn_bytes, (cut - first) as u64);
-        }
-    }
-
-    #[test]
-    fn stops_at_a_flipped_bit() {
-        let mut buf = Vec::new();
-        encode(&event(0), &mut buf);
-        let first = buf.len();
-        encode(&event(1), &mut buf);
-        buf[first + HEADER_BYTES + 3] ^= 0x20;
-        let r = decode_all(&buf);
-        assert_eq!(r.events.len(), 1);
-        assert_eq!(r.good_len, first as u64);
+        let s = scan(&bytes);
+        assert_eq!(
+            (s.format, s.events.len(), s.tail.clone()),
+            (Format::V1, 3, Tail::Clean)
+        );
+        let mut torn = bytes.clone();
+        torn.truncate(bytes.len() - 3);
+        assert_eq!(
+            scan(&torn).tail,
+            Tail::Torn {
+                bytes: (bytes.len() - 3 - starts[2]) as u64
+            }
+        );
+        let mut damaged = bytes.clone();
+        damaged[starts[1] + 12] ^= 0x10;
+        let s = scan(&damaged);
+        assert_eq!(s.events.len(), 1);
+        assert!(
+            matches!(s.tail, Tail::Damaged { resumes_at, .. } if resumes_at as usize == starts[2])
+        );
     }
 }

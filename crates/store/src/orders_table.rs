@@ -52,6 +52,16 @@ CREATE TABLE IF NOT EXISTS orders_progress (id integer PRIMARY KEY CHECK (id = 1
 ";
 
 /// The running orders writer of an embedded store.
+/// Why the table could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The table was written from journal history up to byte `table`, past the journal's end.
+    #[error("the orders table is ahead of the journal (offset {table})")]
+    Ahead { table: u64 },
+}
+
 pub struct OrdersTable {
     path: PathBuf,
     stop: Arc<AtomicBool>,
@@ -61,12 +71,19 @@ pub struct OrdersTable {
 }
 
 impl OrdersTable {
-    /// Opens (or creates) the table in `dir` and starts following `journal` up to `durable`.
+    /// Opens (or creates) the table in `dir` and starts following `journal` (a format-2
+    /// journal whose history ends at `data_end`) up to `durable`. `converted`: the journal was
+    /// just rewritten from the first version's format, so the table's offset means nothing
+    /// and every event is applied again (rows converge: inserts are ignored when present, and
+    /// a state only moves forward). A table that holds more history than the journal refuses
+    /// to start: the journal lost data, and rebuilding the table from it would lose the copy.
     pub fn start(
         dir: &Path,
         journal: &Path,
+        data_end: u64,
+        converted: bool,
         durable: watch::Receiver<u64>,
-    ) -> rusqlite::Result<OrdersTable> {
+    ) -> Result<OrdersTable, StartError> {
         let path = dir.join(ORDERS_FILE);
         let conn = Connection::open(&path)?;
         conn.execute_batch(SCHEMA)?;
@@ -76,17 +93,13 @@ impl OrdersTable {
             })
             .optional()?
             .map_or(0, |o| o.max(0) as u64);
-        let journal_len = std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0);
-        if offset > journal_len {
-            // A journal shorter than what was written from it is another journal: start over.
-            tracing::warn!(
-                offset,
-                journal_len,
-                "orders table ahead of the journal; rebuilding it"
-            );
-            conn.execute_batch("DELETE FROM orders; DELETE FROM orders_progress;")?;
-            offset = 0;
+        let start = crate::journal::MAGIC.len() as u64;
+        if converted {
+            offset = start;
+        } else if offset > data_end {
+            return Err(StartError::Ahead { table: offset });
         }
+        offset = offset.max(start);
         let file = File::open(journal)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -226,12 +239,17 @@ impl Follower {
     }
 
     fn write_chunk(&mut self, durable: u64) -> Result<(), Box<dyn std::error::Error>> {
-        let len = (durable - self.offset).min(CHUNK_BYTES_MAX);
+        // Whole blocks only: a chunk, or the one block at the offset if it is larger.
+        let mut header = [0u8; journal::HEADER_BYTES];
+        self.file.read_exact_at(&mut header, self.offset)?;
+        let first =
+            journal::HEADER_BYTES as u64 + u64::from(u32::from_le_bytes(header[0..4].try_into()?));
+        let len = (durable - self.offset).min(CHUNK_BYTES_MAX.max(first));
         let mut bytes = vec![0u8; len as usize];
         self.file.read_exact_at(&mut bytes, self.offset)?;
-        let replay = journal::decode_all(&bytes);
-        if replay.good_len == 0 {
-            return Err(format!("no whole frame at journal offset {}", self.offset).into());
+        let (events, good_len) = journal::decode_blocks(&bytes);
+        if good_len == 0 {
+            return Err(format!("no whole block at journal offset {}", self.offset).into());
         }
         let tx = self.conn.transaction()?;
         {
@@ -244,11 +262,11 @@ impl Follower {
                      WHERE reservation_id = ?1 AND state = 'reserved'",
                 )?,
             };
-            for ev in &replay.events {
+            for ev in &events {
                 stmts.apply(ev)?;
             }
         }
-        let next = self.offset + replay.good_len;
+        let next = self.offset + good_len;
         tx.execute(
             "INSERT INTO orders_progress (id, journal_offset) VALUES (1, ?1) \
              ON CONFLICT (id) DO UPDATE SET journal_offset = excluded.journal_offset",
