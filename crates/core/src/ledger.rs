@@ -156,6 +156,11 @@ impl Ledger {
             .unwrap_or(0)
     }
 
+    /// Whether any first-version lease is still open (see the module doc).
+    pub fn has_leases(&self) -> bool {
+        self.books.values().any(|b| !b.leases.is_empty())
+    }
+
     /// The earliest deadline of a `reserved` reservation, for the reaper's pacing.
     pub fn next_due(&self) -> Option<UnixMs> {
         self.books

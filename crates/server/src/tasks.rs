@@ -45,6 +45,9 @@ async fn tick(stop: &mut watch::Receiver<bool>, period: Duration) -> bool {
 /// tickets may be back so they ask the store again at once instead of answering from memory.
 async fn reaper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let mut period = REAP_INTERVAL;
+    // A store that keeps failing (down, or a full disk) is logged every 10 s, not every pass.
+    let mut last_warn: Option<std::time::Instant> = None;
+    let mut suppressed = 0u64;
     while tick(&mut stop, period).await {
         match node.store.reap(REAP_BATCH_MAX).await {
             Ok(r) => {
@@ -60,7 +63,13 @@ async fn reaper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                 };
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reaper pass failed");
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, suppressed, "reaper pass failed");
+                    last_warn = Some(std::time::Instant::now());
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
                 period = REAP_INTERVAL;
             }
         }

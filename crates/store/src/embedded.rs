@@ -291,10 +291,22 @@ impl EmbeddedStore {
             reserved_end: AtomicU64::new(file_len),
             disk_full: AtomicBool::new(false),
         });
-        // Reserve before serving: a disk already full opens not ready, never ready-then-abort.
+        // Reserve before serving, and find out whether the disk has room beyond what is
+        // reserved: a disk already full opens not ready, never ready-then-abort.
         while shared.reserved_end.load(Ordering::Acquire) < data_end + JOURNAL_RESERVE_BYTES {
             if !reserve_step(&shared, &file, data_end) {
                 break;
+            }
+        }
+        if !shared.disk_full.load(Ordering::Acquire) {
+            let len = shared.reserved_end.load(Ordering::Acquire);
+            let probe = file
+                .write_all_at(&vec![0u8; RESERVE_STEP_BYTES as usize], len)
+                .and_then(|()| file.set_len(len));
+            if let Err(e) = probe {
+                let _ = file.set_len(len);
+                tracing::warn!(error = %e, "the data dir's disk is full: starting not ready");
+                shared.disk_full.store(true, Ordering::Release);
             }
         }
         let disk_full = shared.disk_full.load(Ordering::Acquire);
@@ -389,7 +401,9 @@ impl EmbeddedStore {
         }
         // Decide only what the reserved space can hold, so no data write needs new space.
         let room = self.shared.reserved_end.load(Ordering::Acquire);
-        if st.journal_end + (journal::HEADER_BYTES as u64) + JOURNAL_HEADROOM_BYTES > room {
+        if self.shared.disk_full.load(Ordering::Acquire)
+            || st.journal_end + (journal::HEADER_BYTES as u64) + JOURNAL_HEADROOM_BYTES > room
+        {
             // The writer reserves more (or, on a full disk, has marked the store not ready).
             self.shared.wake.notify_one();
             return Err(StoreError::Unavailable(DISK_FULL.into()));
@@ -459,6 +473,7 @@ fn write_loop(shared: &Shared, file: File, mut data_end: u64) {
     loop {
         let (frames, seq, reserve) = {
             let mut st = shared.state.lock().expect("ledger lock poisoned");
+            let retry_at = std::time::Instant::now() + RESERVE_RETRY;
             loop {
                 let reserve = shared.reserved_end.load(Ordering::Acquire)
                     < st.journal_end + JOURNAL_RESERVE_BYTES;
@@ -467,15 +482,17 @@ fn write_loop(shared: &Shared, file: File, mut data_end: u64) {
                     break;
                 }
                 if full {
-                    // Try again on the next change or after a while, whichever is first.
-                    let (guard, timeout) = shared
-                        .wake
-                        .wait_timeout(st, RESERVE_RETRY)
-                        .expect("ledger lock poisoned");
-                    st = guard;
-                    if timeout.timed_out() {
+                    // Try again after a while (refused changes wake the writer too often to
+                    // count on a quiet timeout).
+                    let left = retry_at.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
                         break;
                     }
+                    st = shared
+                        .wake
+                        .wait_timeout(st, left)
+                        .expect("ledger lock poisoned")
+                        .0;
                 } else {
                     st = shared.wake.wait(st).expect("ledger lock poisoned");
                 }
@@ -487,8 +504,11 @@ fn write_loop(shared: &Shared, file: File, mut data_end: u64) {
             if !frames.is_empty() {
                 st.journal_end += journal::HEADER_BYTES as u64;
             }
+            // While full, every retry is a reserving step: its success is the sign that the
+            // disk has room again.
             let reserve = shared.reserved_end.load(Ordering::Acquire)
-                < st.journal_end + JOURNAL_RESERVE_BYTES;
+                < st.journal_end + JOURNAL_RESERVE_BYTES
+                || shared.disk_full.load(Ordering::Acquire);
             (frames, st.seq, reserve)
         };
         if !frames.is_empty() {
@@ -687,6 +707,11 @@ impl Store for EmbeddedStore {
     }
 
     fn reap(&self, max: usize) -> BoxFuture<'_, StoreResult<ReapReport>> {
+        // Nothing due (the usual case): no change, so no journal room needed.
+        let due = self.lock().ledger.next_due().is_some_and(|d| d <= now_ms());
+        if !due && !self.lock().ledger.has_leases() {
+            return Box::pin(async { Ok(ReapReport::default()) });
+        }
         let r = self
             .mutate(|l, now, out| {
                 let expired = l.expire_due(now, max, out);

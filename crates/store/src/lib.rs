@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod journal;
 pub mod orders_table;
 pub mod redis_store;
+pub mod verify;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -77,6 +77,8 @@ impl OrdersTable {
     /// and every event is applied again (rows converge: inserts are ignored when present, and
     /// a state only moves forward). A table that holds more history than the journal refuses
     /// to start: the journal lost data, and rebuilding the table from it would lose the copy.
+    /// A table that cannot be opened now (a full disk: SQLite needs room for its WAL) does not
+    /// stop the node: the follower opens it once it can, and makes the same check then.
     pub fn start(
         dir: &Path,
         journal: &Path,
@@ -85,27 +87,24 @@ impl OrdersTable {
         durable: watch::Receiver<u64>,
     ) -> Result<OrdersTable, StartError> {
         let path = dir.join(ORDERS_FILE);
-        let conn = Connection::open(&path)?;
-        conn.execute_batch(SCHEMA)?;
-        let mut offset: u64 = conn
-            .query_row("SELECT journal_offset FROM orders_progress", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .map_or(0, |o| o.max(0) as u64);
-        let start = crate::journal::MAGIC.len() as u64;
-        if converted {
-            offset = start;
-        } else if offset > data_end {
-            return Err(StartError::Ahead { table: offset });
-        }
-        offset = offset.max(start);
+        let opened = match open_table(&path, data_end, converted) {
+            Ok(t) => Some(t),
+            Err(StartError::Ahead { table }) => return Err(StartError::Ahead { table }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the orders table yet; retrying each second");
+                None
+            }
+        };
+        let offset = opened.as_ref().map_or(0, |(_, o)| *o);
         let file = File::open(journal)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(offset));
         let follower = Follower {
-            conn,
+            conn: opened.map(|(c, _)| c),
+            path: path.clone(),
+            data_end,
+            converted,
             file,
             offset,
             durable,
@@ -132,39 +131,7 @@ impl OrdersTable {
     /// Every row of a sale, read on a connection of its own.
     pub fn rows_of(&self, sale: &SaleId) -> rusqlite::Result<Vec<Reservation>> {
         let conn = Connection::open(&self.path)?;
-        let mut stmt = conn.prepare(
-            "SELECT reservation_id, user_id, state, created_at, expires_at, paid_at, updated_at \
-             FROM orders WHERE sale_id = ?1",
-        )?;
-        let rows = stmt.query_map([sale.as_str()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, String>(6)?,
-            ))
-        })?;
-        let bad =
-            |what: &str| rusqlite::Error::InvalidColumnName(format!("order row with a bad {what}"));
-        let time = |s: &str| UnixMs::parse_rfc3339(s).map_err(|_| bad("time"));
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, user, state, created, expires, paid, updated) = row?;
-            out.push(Reservation {
-                id: ReservationId::parse(&id).map_err(|_| bad("reservation_id"))?,
-                sale_id: sale.clone(),
-                user_id: UserId::parse(&user).map_err(|_| bad("user_id"))?,
-                state: parse_state(&state).ok_or_else(|| bad("state"))?,
-                created_at: time(&created)?,
-                expires_at: time(&expires)?,
-                paid_at: paid.as_deref().map(time).transpose()?,
-                updated_at: time(&updated)?,
-            });
-        }
-        Ok(out)
+        read_rows(&conn, Some(sale))
     }
 
     /// Waits (bounded) until the rows of everything durable up to `durable_bytes` are written.
@@ -194,6 +161,96 @@ impl Drop for OrdersTable {
     }
 }
 
+/// The table in `dir` as it is on disk, without following anything: every row and the journal
+/// offset it was written up to (`None` when there is no table). For `journal verify`.
+pub fn read_table(dir: &Path) -> rusqlite::Result<Option<(Vec<Reservation>, u64)>> {
+    let path = dir.join(ORDERS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let offset: u64 = conn
+        .query_row("SELECT journal_offset FROM orders_progress", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?
+        .map_or(0, |o| o.max(0) as u64);
+    Ok(Some((read_rows(&conn, None)?, offset)))
+}
+
+/// Opens (or creates) the table and answers it with the journal offset to follow from.
+fn open_table(
+    path: &Path,
+    data_end: u64,
+    converted: bool,
+) -> Result<(Connection, u64), StartError> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(SCHEMA)?;
+    let mut offset: u64 = conn
+        .query_row("SELECT journal_offset FROM orders_progress", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?
+        .map_or(0, |o| o.max(0) as u64);
+    let start = crate::journal::MAGIC.len() as u64;
+    if converted {
+        offset = start;
+    } else if offset > data_end {
+        return Err(StartError::Ahead { table: offset });
+    }
+    Ok((conn, offset.max(start)))
+}
+
+/// Makes the table in `dir` apply its journal again from the start (after the journal was
+/// replaced by a salvaged one). Nothing when there is no table.
+pub fn replay_from_start(dir: &Path) -> rusqlite::Result<()> {
+    let path = dir.join(ORDERS_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let conn = Connection::open(&path)?;
+    conn.execute("DELETE FROM orders_progress", [])?;
+    Ok(())
+}
+
+/// The rows of one sale, or of all.
+fn read_rows(conn: &Connection, sale: Option<&SaleId>) -> rusqlite::Result<Vec<Reservation>> {
+    let mut stmt = conn.prepare(
+        "SELECT reservation_id, sale_id, user_id, state, created_at, expires_at, paid_at, \
+         updated_at FROM orders WHERE ?1 IS NULL OR sale_id = ?1",
+    )?;
+    let rows = stmt.query_map([sale.map(SaleId::as_str)], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, String>(7)?,
+        ))
+    })?;
+    let bad =
+        |what: &str| rusqlite::Error::InvalidColumnName(format!("order row with a bad {what}"));
+    let time = |s: &str| UnixMs::parse_rfc3339(s).map_err(|_| bad("time"));
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, sale, user, state, created, expires, paid, updated) = row?;
+        out.push(Reservation {
+            id: ReservationId::parse(&id).map_err(|_| bad("reservation_id"))?,
+            sale_id: SaleId::parse(&sale).map_err(|_| bad("sale_id"))?,
+            user_id: UserId::parse(&user).map_err(|_| bad("user_id"))?,
+            state: parse_state(&state).ok_or_else(|| bad("state"))?,
+            created_at: time(&created)?,
+            expires_at: time(&expires)?,
+            paid_at: paid.as_deref().map(time).transpose()?,
+            updated_at: time(&updated)?,
+        });
+    }
+    Ok(out)
+}
+
 fn parse_state(s: &str) -> Option<ReservationState> {
     Some(match s {
         "reserved" => ReservationState::Reserved,
@@ -205,7 +262,11 @@ fn parse_state(s: &str) -> Option<ReservationState> {
 }
 
 struct Follower {
-    conn: Connection,
+    /// `None` until the table could be opened (see `OrdersTable::start`).
+    conn: Option<Connection>,
+    path: PathBuf,
+    data_end: u64,
+    converted: bool,
     file: File,
     offset: u64,
     durable: watch::Receiver<u64>,
@@ -215,6 +276,29 @@ struct Follower {
 
 impl Follower {
     fn run(mut self) {
+        while self.conn.is_none() {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            match open_table(&self.path, self.data_end, self.converted) {
+                Ok((conn, offset)) => {
+                    self.conn = Some(conn);
+                    self.offset = offset;
+                    self.written.store(offset, Ordering::Release);
+                }
+                Err(StartError::Ahead { table }) => {
+                    tracing::error!(
+                        table,
+                        journal = self.data_end,
+                        "the orders table is ahead of the journal: not following it; run \
+                         `ticketrush journal verify`"
+                    );
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
         loop {
             let durable = *self.durable.borrow();
             if self.offset < durable {
@@ -251,7 +335,11 @@ impl Follower {
         if good_len == 0 {
             return Err(format!("no whole block at journal offset {}", self.offset).into());
         }
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .as_mut()
+            .expect("opened before following")
+            .transaction()?;
         {
             let mut stmts = Statements {
                 insert: tx.prepare(

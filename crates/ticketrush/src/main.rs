@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod demo;
+mod journal_cmd;
 mod orders_cmd;
 
 use anyhow::Context;
@@ -56,6 +57,8 @@ enum Command {
     Audit(orders_cmd::AuditArgs),
     /// Run an order writer alone: Redis event streams to the PostgreSQL orders table.
     OrderWriter(orders_cmd::OrderWriterArgs),
+    /// Check or repair an embedded data dir's journal (when a node refuses to open it).
+    Journal(journal_cmd::JournalArgs),
     /// The article's flash sale on this machine: weighted nodes behind the gateway, a million
     /// simulated users, what each node sold, and the audit.
     Demo(demo::DemoArgs),
@@ -200,11 +203,21 @@ fn main() -> ExitCode {
     if let Command::NginxConf(tier) = &cli.command {
         return nginx_conf(tier);
     }
+    if let Command::Journal(args) = cli.command {
+        init_logging("warn");
+        return match journal_cmd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ticketrush: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime_args = match &cli.command {
         Command::Serve(a) => &a.runtime,
         Command::Ceiling(a) => &a.runtime,
         Command::Gateway(a) => &a.runtime,
-        Command::NginxConf(_) => unreachable!("nginx-conf returned above"),
+        Command::NginxConf(_) | Command::Journal(_) => unreachable!("handled above"),
         Command::Bench(a) => &a.runtime,
         Command::Audit(a) => &a.runtime,
         Command::OrderWriter(a) => &a.runtime,
@@ -227,7 +240,7 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve(a).await,
             Command::Ceiling(a) => ceiling(a).await,
             Command::Gateway(a) => gateway(a.tier).await,
-            Command::NginxConf(_) => unreachable!("nginx-conf returned above"),
+            Command::NginxConf(_) | Command::Journal(_) => unreachable!("handled above"),
             Command::Bench(a) => ticketrush_bench::command(a.bench).await,
             Command::Audit(a) => orders_cmd::audit(a).await,
             Command::OrderWriter(a) => orders_cmd::order_writer(a, shutdown_signal()).await,

@@ -10,6 +10,7 @@ mod demo;
 mod embedded_orders;
 mod gateway;
 mod hostile;
+mod journal;
 mod orders;
 mod pg;
 mod races;
