@@ -38,6 +38,14 @@ impl UnixMs {
     /// Parses RFC 3339 with any offset; sub-millisecond digits are dropped.
     pub fn parse_rfc3339(s: &str) -> Result<UnixMs, TimeError> {
         let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| TimeError::NotRfc3339)?;
+        // Answers are written in UTC with four-digit years: a time outside them (year 0000 with a
+        // positive offset, 9999 with a negative one) could not be written back as given.
+        let utc = t
+            .checked_to_offset(time::UtcOffset::UTC)
+            .ok_or(TimeError::OutOfRange)?;
+        if !(0..=9999).contains(&utc.year()) {
+            return Err(TimeError::OutOfRange);
+        }
         let ms = t.unix_timestamp_nanos() / 1_000_000;
         i64::try_from(ms)
             .map(UnixMs)
@@ -55,11 +63,31 @@ impl fmt::Debug for UnixMs {
 pub enum TimeError {
     #[error("not an RFC 3339 date-time (for example 2027-01-01T08:00:00Z)")]
     NotRfc3339,
+    #[error("outside the years 0000 to 9999 in UTC")]
+    OutOfRange,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_outside_four_digit_utc_years_are_refused() {
+        for bad in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:00-01:00"] {
+            assert_eq!(
+                UnixMs::parse_rfc3339(bad),
+                Err(TimeError::OutOfRange),
+                "{bad}"
+            );
+        }
+        for (given, written) in [
+            ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00.000Z"),
+            ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
+        ] {
+            let t = UnixMs::parse_rfc3339(given).unwrap();
+            assert_eq!(t.to_rfc3339(), written);
+        }
+    }
 
     #[test]
     fn round_trips_rfc3339_in_utc() {

@@ -24,8 +24,19 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// rather than costing the node memory and file descriptors.
 pub const CONNECTIONS_MAX: usize = 16 * 1024;
 
+/// Most bytes a connection buffers while reading a request head (hyper's read buffer; its
+/// floor is 8 KiB). A head larger than this is answered 431 and the connection closed. The
+/// default was about 400 KiB: at `CONNECTIONS_MAX` connections that is gigabytes held for up
+/// to `HEADER_READ_TIMEOUT`; this is 256 MiB at most. Real heads are well under 4 KiB (nginx's
+/// default buffers are 1 KiB, then 8 KiB).
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+
 /// A client has this long to send a request's headers; stops slow-loris connections.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// On SIGTERM, idle keep-alive connections stay open this long (answering with `Connection:
+/// close`), so a request a client already sent on one is answered rather than cut off.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// On SIGTERM, open requests get this long to finish before the node exits anyway.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);

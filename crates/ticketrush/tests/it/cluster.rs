@@ -443,6 +443,51 @@ async fn redis_down_answers_503_quickly_and_the_node_recovers() {
     node.stop().await;
 }
 
+/// A commit that times out may still be applied by Redis later (it waits on the connection).
+/// The user is never left with a held ticket they do not know of: the node looks the
+/// reservation up before answering, and answers 201 if it was applied, or 503 naming the
+/// reservation id, which then resolves to the reservation once Redis runs the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_times_out_is_resolved_or_named() {
+    let redis = RedisServer::start();
+    let node = redis_node(&redis, "stall").await;
+    let c = node.client.clone();
+    assert_eq!(c.create_sale("stall", 10, json!({})).await.status, 201);
+    assert_eq!(c.reserve("stall", "warm").await.status, 201);
+    // Redis stalls for longer than the node's 2 s bound on a call.
+    redis.signal("-STOP");
+    let pending = tokio::spawn({
+        let c = c.clone();
+        async move { c.reserve("stall", "stalled-user").await }
+    });
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    redis.signal("-CONT");
+    let a = pending.await.unwrap();
+    let id = match a.status {
+        201 => a.body["reservation_id"].as_str().unwrap().to_string(),
+        503 => {
+            assert_eq!(a.error(), "unavailable");
+            a.body["reservation_id"]
+                .as_str()
+                .expect("a 503 for a reservation names its id")
+                .to_string()
+        }
+        s => panic!("unexpected {s}: {:?}", a.body),
+    };
+    // Either way the reservation the answer names exists, for this user, exactly once.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            c.get(&format!("/api/v1/reservations/{id}")).await.status == 200
+        })
+        .await,
+        "the answer named {id}, which Redis does not hold"
+    );
+    let r = c.get(&format!("/api/v1/reservations/{id}")).await;
+    assert_eq!(r.body["user_id"], "stalled-user");
+    assert_eq!(c.counts("stall").await, (8, 2, 0, 10));
+    node.stop().await;
+}
+
 // ----- real processes: SIGKILL and SIGSTOP -----
 
 /// The real `ticketrush serve --redis` on a free port.

@@ -505,10 +505,12 @@ async fn odd_paths_are_404_or_400_never_5xx() {
         let (status, text) = raw(node.addr, &raw_get(p)).await;
         assert!(status == 404 || status == 400, "{p}: {text}");
     }
-    // A path of 60 KiB is looked up (404); past 64 KiB the HTTP layer refuses it (414), and
-    // past its buffer it refuses the request line.
-    let (status, text) = raw(node.addr, &raw_get(&format!("/{}", "c".repeat(60 * 1024)))).await;
+    // A path of 12 KiB is looked up (404); a request head past the read buffer's bound
+    // (HEADER_BYTES_MAX) is refused by the HTTP layer (431), as is one past 64 KiB.
+    let (status, text) = raw(node.addr, &raw_get(&format!("/{}", "c".repeat(12 * 1024)))).await;
     assert_eq!(status, 404, "{}", &text[..text.len().min(300)]);
+    let (status, text) = raw(node.addr, &raw_get(&format!("/{}", "c".repeat(20 * 1024)))).await;
+    assert_eq!(status, 431, "{}", &text[..text.len().min(300)]);
     let (status, text) = raw(node.addr, &raw_get(&format!("/{}", "c".repeat(64 * 1024)))).await;
     assert!(
         (400..500).contains(&status),
@@ -581,6 +583,78 @@ async fn wrong_methods_are_405_method_not_allowed() {
 }
 
 // ----- headers -----
+
+#[tokio::test]
+async fn request_heads_over_the_buffer_bound_are_431_and_the_node_lives_on() {
+    let node = TestNode::start().await;
+    let head = |bytes: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(bytes)
+        )
+        .into_bytes()
+    };
+    let (status, _) = raw(node.addr, &head(12 * 1024)).await;
+    assert_eq!(status, 200, "a 12 KiB head is within the bound");
+    let limit = ticketrush_server::limits::HEADER_BYTES_MAX;
+    let (status, text) = raw(node.addr, &head(limit + 4096)).await;
+    assert_eq!(status, 431, "{text}");
+    assert_healthy(&node).await;
+    node.stop().await;
+}
+
+/// One answer read from a keep-alive connection (one read: these answers are small).
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+}
+
+/// On shutdown an idle keep-alive connection is not cut under a request on its way: the
+/// request is answered, with `Connection: close`, and then the connection closes.
+#[tokio::test]
+async fn a_draining_node_answers_idle_keep_alive_connections_with_connection_close() {
+    let dir = crate::support::TempDir::new("drain");
+    let (store, _) = ticketrush_store::EmbeddedStore::open(&dir.0).unwrap();
+    let grace = ticketrush_server::limits::DRAIN_IDLE_GRACE;
+    let mut node = TestNode::start_draining(
+        crate::support::config("drain"),
+        std::sync::Arc::new(store),
+        dir,
+        grace,
+    )
+    .await;
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(get).await.unwrap();
+    let first = read_answer(&mut s).await;
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+    // Stop; once the listener is closed, the idle connection's next request is still answered.
+    node.begin_stop();
+    let addr = node.addr;
+    assert!(
+        crate::support::wait_until(Duration::from_secs(5), || async move {
+            TcpStream::connect(addr).await.is_err()
+        })
+        .await,
+        "the listener closed"
+    );
+    s.write_all(get).await.unwrap();
+    let second = read_answer(&mut s).await;
+    assert!(second.starts_with("http/1.1 200"), "{second}");
+    assert!(second.contains("connection: close"), "{second}");
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest))
+        .await
+        .expect("closed within 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection closes after that answer");
+    node.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_idempotency_keys_are_400_invalid_request() {
@@ -718,6 +792,9 @@ async fn hostile_sale_definitions_are_400_invalid_request() {
         field("opens_at", json!("2027-01-01 08:00:00")),
         field("opens_at", json!("2027-02-30T00:00:00Z")),
         field("opens_at", json!("2027-01-01T25:00:00Z")),
+        // Outside what an answer can write back (four-digit years in UTC).
+        field("opens_at", json!("0000-01-01T00:00:00+01:00")),
+        field("opens_at", json!("9999-12-31T23:59:00-01:00")),
         field("opens_at", json!("+10000-01-01T00:00:00Z")),
         field("opens_at", json!("2027-01-01T08:00:00Z\u{0}")),
         field("opens_at", json!(["2027-01-01T08:00:00Z"])),

@@ -99,6 +99,16 @@ impl RedisServer {
         }
     }
 
+    /// Sends `sig` (e.g. "-STOP", "-CONT") to the server process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// Starts again on the same port and data dir (it replays its AOF).
     pub fn restart(&mut self) {
         self.kill();

@@ -74,15 +74,30 @@ impl TestNode {
         store: Arc<dyn ticketrush_store::Store>,
         dir: TempDir,
     ) -> TestNode {
+        Self::start_draining(config, store, dir, std::time::Duration::ZERO).await
+    }
+
+    /// A node whose shutdown keeps idle connections open for `grace` (see `http::serve`).
+    pub async fn start_draining(
+        config: NodeConfig,
+        store: Arc<dyn ticketrush_store::Store>,
+        dir: TempDir,
+        grace: std::time::Duration,
+    ) -> TestNode {
         let started = ticketrush_server::start(config, store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let router = started.router.clone();
         let served = tokio::spawn(async move {
-            ticketrush_server::http::serve(listener, router, async {
-                let _ = stopped.await;
-            })
+            ticketrush_server::http::serve_with_grace(
+                listener,
+                router,
+                async {
+                    let _ = stopped.await;
+                },
+                grace,
+            )
             .await;
             started.shutdown().await;
         });
@@ -92,6 +107,13 @@ impl TestNode {
             stop: Some(stop),
             served: Some(served),
             dir,
+        }
+    }
+
+    /// Signals the node to stop (it stops accepting and drains) without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
         }
     }
 

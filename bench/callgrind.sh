@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Instructions per request, repeatable where times are not: one node (`serve`, embedded store,
+# one worker) under `valgrind --tool=callgrind`, driven by `ticketrush bench` over one
+# keep-alive connection. Two runs per case, SMALL and LARGE requests; the difference of their
+# instruction counts over the difference of requests is the per-request cost, start-up and
+# shutdown cancelling out. Cases: the ceiling (hello-world), the sold-out answer (a sale of
+# 10 tickets, then losers), and the win (a sale larger than the run: every request a new hold,
+# journaled and fsynced). Needs valgrind.
+#   bench/callgrind.sh [BIN...]      (default: this tree's release build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SMALL=${SMALL:-1000}
+LARGE=${LARGE:-6000}
+PORT=${PORT:-18383}
+GEN=${GEN:-}
+command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind" >&2; exit 1; }
+if [ $# -eq 0 ]; then
+  cargo build --release -q -p ticketrush
+  set -- "$PWD/target/release/ticketrush"
+fi
+GEN=${GEN:-$1}
+OUT=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+URL="http://127.0.0.1:$PORT"
+
+# $1 binary, $2 case, $3 requests: answers the instructions the server executed.
+instructions() {
+  local bin=$1 case=$2 n=$3 sale tickets
+  rm -rf "$OUT/data" "$OUT"/cg.*
+  case $case in
+    ceiling) set -- "$bin" ceiling ;;
+    sold-out) set -- "$bin" serve --data-dir "$OUT/data" --admin-token b --sale "s:10" --log warn ;;
+    win) set -- "$bin" serve --data-dir "$OUT/data" --admin-token b --sale "s:1000000" --log warn ;;
+  esac
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" "$@" --listen "127.0.0.1:$PORT" \
+    --workers 1 >/dev/null 2>"$OUT/vg.txt" &
+  local pid=$!
+  for _ in $(seq 300); do curl -sf "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  "$GEN" bench --target "$URL" --sale s --users "$n" --connections 1 --threads 1 --no-check \
+    --quiet >/dev/null
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  sed -n 's/^summary: \([0-9]*\)$/\1/p' "$OUT"/cg.* | awk '{s += $1} END {print s}'
+}
+
+for bin in "$@"; do
+  for c in ceiling sold-out win; do
+    a=$(instructions "$bin" "$c" "$SMALL")
+    b=$(instructions "$bin" "$c" "$LARGE")
+    awk -v a="$a" -v b="$b" -v n=$((LARGE - SMALL)) -v c="$c" -v bin="$bin" \
+      'BEGIN { printf "%-40s %-9s %8.0f instructions per request\n", bin, c, (b - a) / n }'
+  done
+done
