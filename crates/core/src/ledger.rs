@@ -572,6 +572,30 @@ impl Ledger {
 
     /// Checks the accounting of every sale; used by tests and by the embedded store after replay.
     pub fn check_invariants(&self) -> Result<(), String> {
+        // One pass over the reservations, grouped by sale (a pass per sale would be
+        // sales × reservations when a store holds many sales).
+        #[derive(Default)]
+        struct Seen<'a> {
+            reserved: u64,
+            paid: u64,
+            active: HashMap<&'a UserId, u32>,
+        }
+        let mut seen: HashMap<&SaleId, Seen> = HashMap::with_capacity(self.books.len());
+        for r in self.reservations.values() {
+            if !self.books.contains_key(&r.sale_id) {
+                return Err(format!("reservation {} of an unknown sale", r.id));
+            }
+            let s = seen.entry(&r.sale_id).or_default();
+            match r.state {
+                ReservationState::Reserved => s.reserved += 1,
+                ReservationState::Paid => s.paid += 1,
+                _ => {}
+            }
+            if r.state.holds_ticket() {
+                *s.active.entry(&r.user_id).or_insert(0) += 1;
+            }
+        }
+        let none = Seen::default();
         for (id, b) in &self.books {
             let leased: u64 = b.leases.values().map(|l| l.remaining).sum();
             if leased != b.leased {
@@ -586,20 +610,8 @@ impl Ledger {
                     b.pool, b.leased, b.reserved, b.paid, b.spec.total
                 ));
             }
-            let mut reserved = 0;
-            let mut paid = 0;
-            let mut active: HashMap<&UserId, u32> = HashMap::new();
-            for r in self.reservations.values().filter(|r| &r.sale_id == id) {
-                match r.state {
-                    ReservationState::Reserved => reserved += 1,
-                    ReservationState::Paid => paid += 1,
-                    _ => {}
-                }
-                if r.state.holds_ticket() {
-                    *active.entry(&r.user_id).or_insert(0) += 1;
-                }
-            }
-            if (reserved, paid) != (b.reserved, b.paid) {
+            let s = seen.get(id).unwrap_or(&none);
+            if (s.reserved, s.paid) != (b.reserved, b.paid) {
                 return Err(format!("{id}: counts disagree with reservations"));
             }
             if b.due.len() as u64 != b.reserved {
@@ -609,7 +621,7 @@ impl Ledger {
                     b.reserved
                 ));
             }
-            for (user, n) in &active {
+            for (user, n) in &s.active {
                 if *n > b.spec.per_user_limit {
                     return Err(format!("{id}: user {user} holds {n} > limit"));
                 }
@@ -617,7 +629,7 @@ impl Ledger {
                     return Err(format!("{id}: active count of {user} disagrees"));
                 }
             }
-            if active.len() != b.active.len() {
+            if s.active.len() != b.active.len() {
                 return Err(format!("{id}: active map has stale users"));
             }
         }

@@ -189,8 +189,11 @@ impl EmbeddedStore {
             .open(&path)
             .map_err(io_err)?;
         let mut bytes = Vec::new();
+        let t0 = std::time::Instant::now();
         file.read_to_end(&mut bytes).map_err(io_err)?;
+        let t_read = t0.elapsed();
         let scan = journal::scan(&bytes);
+        let t_scan = t0.elapsed();
         let file_len = bytes.len() as u64;
         drop(bytes);
         if let journal::Tail::Damaged {
@@ -214,6 +217,7 @@ impl EmbeddedStore {
                 reason: e.to_string(),
             })?;
         }
+        let t_apply = t0.elapsed();
         if let Err(e) = ledger.check_invariants() {
             return Err(OpenError::Corrupt {
                 path,
@@ -221,6 +225,15 @@ impl EmbeddedStore {
                 reason: e,
             });
         }
+        tracing::info!(
+            events = scan.events.len(),
+            bytes = scan.data_end,
+            read_ms = t_read.as_millis() as u64,
+            decode_ms = (t_scan - t_read).as_millis() as u64,
+            apply_ms = (t_apply - t_scan).as_millis() as u64,
+            check_ms = (t0.elapsed() - t_apply).as_millis() as u64,
+            "journal replayed"
+        );
         let torn_bytes = match scan.tail {
             journal::Tail::Torn { bytes } => bytes,
             _ => 0,

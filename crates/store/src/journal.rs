@@ -101,8 +101,16 @@ pub fn scan(bytes: &[u8]) -> Scan {
     } else {
         (Format::V1, 0, frame_at, HEADER_BYTES)
     };
-    let mut events = Vec::new();
-    let end = read_units(bytes, start, unit, &mut events);
+    // The common case: every unit checks out and every event parses, in parallel. Anything
+    // else is read again unit by unit below, which tells the endings apart.
+    let (events, end) = match read_fast(bytes, start, format) {
+        Some(done) => done,
+        None => {
+            let mut events = Vec::new();
+            let end = read_units(bytes, start, unit, &mut events);
+            (events, end)
+        }
+    };
     let rest = &bytes[end..];
     let tail = match rest.iter().rposition(|&b| b != 0) {
         None => Tail::Clean,
@@ -142,6 +150,90 @@ pub fn decode_blocks(bytes: &[u8]) -> (Vec<Event>, u64) {
     let mut events = Vec::new();
     let end = read_units(bytes, 0, block_at, &mut events);
     (events, end as u64)
+}
+
+/// The frames' payloads from `start` while the units' checksums hold (no JSON parsed), and
+/// where the first unit that does not check out starts.
+fn frames_checked(bytes: &[u8], start: usize, format: Format) -> (Vec<(usize, usize)>, usize) {
+    let mut payloads = Vec::new();
+    let mut at = start;
+    // One frame at `at` within `limit`: its payload range and the next offset.
+    let frame = |at: usize, limit: usize| -> Option<((usize, usize), usize)> {
+        let (len, crc) = plausible_frame(bytes, at)?;
+        let (from, to) = (at + HEADER_BYTES, at + HEADER_BYTES + len);
+        if to > limit || crc32fast::hash(&bytes[from..to]) != crc {
+            return None;
+        }
+        Some(((from, to), to))
+    };
+    match format {
+        Format::V1 => {
+            while let Some((p, next)) = frame(at, bytes.len()) {
+                payloads.push(p);
+                at = next;
+            }
+        }
+        Format::V2 => {
+            while let Some((len, crc)) = header(bytes, at) {
+                let (from, to) = (at + HEADER_BYTES, at + HEADER_BYTES + len);
+                if len == 0
+                    || len > BLOCK_BYTES_MAX
+                    || to > bytes.len()
+                    || crc32fast::hash(&bytes[from..to]) != crc
+                {
+                    break;
+                }
+                let mark = payloads.len();
+                let mut f = from;
+                while f < to {
+                    match frame(f, to) {
+                        Some((p, next)) => {
+                            payloads.push(p);
+                            f = next;
+                        }
+                        None => break,
+                    }
+                }
+                if f != to {
+                    payloads.truncate(mark);
+                    break;
+                }
+                at = to;
+            }
+        }
+    }
+    (payloads, at)
+}
+
+/// Reads every unit from `start` on, parsing the events on every core. `None` when a frame
+/// whose checksum held does not parse (then the careful reader decides what it is).
+fn read_fast(bytes: &[u8], start: usize, format: Format) -> Option<(Vec<Event>, usize)> {
+    let (payloads, end) = frames_checked(bytes, start, format);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = payloads.len().div_ceil(threads).max(1);
+    let parsed: Vec<Option<Vec<Event>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = payloads
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|&(from, to)| serde_json::from_slice(&bytes[from..to]).ok())
+                        .collect::<Option<Vec<Event>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect()
+    });
+    let mut events = Vec::with_capacity(payloads.len());
+    for part in parsed {
+        events.extend(part?);
+    }
+    Some((events, end))
 }
 
 /// A reader of one unit (a block, or a bare frame in format 1) at an offset: its events and

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Restart time and disk use of the embedded store after N reservations, for one or more builds:
+# a node (`serve`, embedded store) sells a sale of N tickets to N users (`ticketrush bench`,
+# every request a win), stops on SIGTERM, and is started again on the same data dir; the
+# restart is timed from the process start to its "listening" line (the journal replayed, the
+# orders table opened). Disk use is listed per file (journal, orders table and its WAL).
+#   bench/restart.sh N BIN...        e.g. bench/restart.sh 100000 /tmp/old target/release/ticketrush
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:?reservations}; shift
+PORT=${PORT:-18484}
+GEN=${GEN:-target/release/ticketrush}
+OUT=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+URL="http://127.0.0.1:$PORT"
+wait_up() { for _ in $(seq 600); do curl -sf "$URL/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
+for bin in "$@"; do
+  D="$OUT/data"; rm -rf "$D"
+  "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$D" --admin-token b --sale "s:$N" --log warn >/dev/null &
+  pid=$!; wait_up
+  "$GEN" bench --target "$URL" --sale s --users "$N" --connections 64 --quiet --max-seconds 600 >/dev/null || true
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  sizes=$(cd "$D" && for f in *; do printf '%s %s  ' "$f" "$(du -b "$f" | cut -f1)"; done)
+  t0=$(date +%s.%N)
+  "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$D" --admin-token b --log warn > "$OUT/line" &
+  pid=$!
+  until grep -q listening "$OUT/line" 2>/dev/null; do sleep 0.01; done
+  t1=$(date +%s.%N)
+  reserved=$(curl -s "$URL/api/v1/sales/s" | sed -n 's/.*"reserved":\([0-9]*\).*/\1/p')
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  awk -v a="$t0" -v b="$t1" -v bin="$bin" -v r="$reserved" -v s="$sizes" \
+    'BEGIN { printf "%s: %d reserved, restart %.2f s; %s\n", bin, r, b - a, s }'
+done
