@@ -1,6 +1,6 @@
 //! The report of a run: one serde type for the JSON file, printed as text by `Display`.
 //!
-//! The JSON keys are the contract of API.md (`requests`, `succeeded`, `sold_out`, `errors`,
+//! The JSON keys are the contract of docs/API.md (`requests`, `succeeded`, `sold_out`, `errors`,
 //! `duration_s`, `rps`, `latency_ms` with `p50`, `p90`, `p99`, `p999`, `max`) plus what the
 //! later `demo` and the chart need; `requests` is by construction the sum of the four outcome
 //! counts, and `rps` is `requests / duration_s` computed from the very fields in the report.
@@ -23,7 +23,8 @@ pub struct Latency {
     pub p999: f64,
     pub max: f64,
     pub mean: f64,
-    /// How many answers the percentiles are over (requests minus errors).
+    /// How many answers the percentiles are over (every answered request, 5xx included; not
+    /// the requests that got no answer).
     pub samples: u64,
 }
 

@@ -1,4 +1,4 @@
-//! The audit: DESIGN.md's invariants checked against what the stores hold.
+//! The audit: docs/DESIGN.md's invariants checked against what the stores hold.
 //!
 //! Pure: the caller reads a sale's counts, its reservations and (when there is an order
 //! table) its order rows, and [`audit_sale`] names every violation with the reservation ids

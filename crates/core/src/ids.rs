@@ -1,7 +1,7 @@
 //! Identifiers that can only be built valid ("parse, don't validate").
 //!
 //! Every id that crosses the HTTP boundary is parsed here once; nothing downstream checks again.
-//! The limits are part of the public contract (API.md): ids are 1–64 characters of
+//! The limits are part of the public contract (docs/API.md): ids are 1–64 characters of
 //! `A-Z a-z 0-9 . _ - :`, idempotency keys 1–128 printable ASCII characters.
 
 use std::fmt;
@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest `sale_id` / `user_id` / node id we accept, in bytes (API.md).
+/// Longest `sale_id` / `user_id` / node id we accept, in bytes (docs/API.md).
 pub const ID_LEN_MAX: usize = 64;
-/// Longest `Idempotency-Key` header we accept, in bytes (API.md).
+/// Longest `Idempotency-Key` header we accept, in bytes (docs/API.md).
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 /// Longest reservation id we look up. Ours are 26 random characters, a `.` and the sale id
 /// (at most 64): 91; anything longer cannot exist, so it is refused before it reaches a store.
@@ -106,7 +106,7 @@ id_type!(
     "node id"
 );
 
-/// An opaque reservation id. Made by the node from at least 96 random bits (ours: 130), so it
+/// An opaque reservation id. Made by the node from at least 96 random bits (ours: 128), so it
 /// cannot be guessed; parsing only bounds its length and alphabet, since the store is the judge
 /// of whether it exists.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

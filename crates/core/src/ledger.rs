@@ -25,7 +25,7 @@ use crate::sale::{SaleSpec, SaleView};
 /// bound keeps both finite; raise it with care.
 pub const SALES_MAX: usize = 1_024;
 
-/// The domain's refusals. Each maps to one status and error code of API.md in the server.
+/// The domain's refusals. Each maps to one status and error code of docs/API.md in the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     #[error("no such sale")]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::UnixMs;
 use crate::ids::{ReservationId, SaleId, UserId};
 
-/// The four states of API.md. `Paid`, `Cancelled` and `Expired` are final: no state goes
+/// The four states of docs/API.md. `Paid`, `Cancelled` and `Expired` are final: no state goes
 /// backwards, and only `Reserved` moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 use crate::clock::UnixMs;
 use crate::ids::SaleId;
 
-/// Largest `total` a sale may have (API.md).
+/// Largest `total` a sale may have (docs/API.md).
 pub const SALE_TOTAL_MAX: u64 = 1_000_000_000;
-/// Longest sale `hold_seconds` (API.md: 1–86400).
+/// Longest sale `hold_seconds` (docs/API.md: 1–86400).
 pub const HOLD_SECONDS_MAX: u32 = 86_400;
-/// Default hold while the buyer pays (API.md).
+/// Default hold while the buyer pays (docs/API.md).
 pub const HOLD_SECONDS_DEFAULT: u32 = 900;
 /// Largest `per_user_limit`. The contract sets none; a train ticket limit in the thousands is a
 /// mistake, and the bound keeps a user's active count small.

@@ -14,7 +14,8 @@
 //! - `t > 0`: the pool was empty; until node-clock millisecond `t` every request is answered
 //!   `sold_out` from memory. The first request at or after `t` moves `t` a recheck forward and
 //!   goes to the store as the probe: if its batch finds tickets, the gate opens; if the probe
-//!   never answers (its client hung up, the store is down), the next recheck sends another.
+//!   never answers (the store failed it, the node stopped), the next recheck sends another.
+//!   (A client that hangs up loses nothing: the batcher reads the store's answer anyway.)
 //!
 //! Time is passed in (milliseconds on the node's monotonic clock, from 0), so the rules are
 //! testable without waiting.

@@ -31,7 +31,7 @@ use crate::pool::{Conn, NodePool, PooledBody, UpstreamRequestBody};
 use crate::wrr::{SmoothWrr, Tried};
 use crate::GatewayConfig;
 
-/// The `X-Node-Id` of answers the gateway gives itself (502, 504, 413...): API.md wants every
+/// The `X-Node-Id` of answers the gateway gives itself (502, 504, 413...): docs/API.md wants every
 /// response to name who answered it.
 pub const X_NODE_ID_GATEWAY: &str = "gateway";
 

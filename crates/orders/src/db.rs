@@ -12,7 +12,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::{OrdersError, OrdersResult};
 
-/// API.md's table, created if missing. The state check keeps anything but the four states out.
+/// docs/API.md's table, created if missing. The state check keeps anything but the four states out.
 /// Under an advisory lock: two nodes starting at once would otherwise race on `IF NOT EXISTS`
 /// (PostgreSQL then refuses one with a duplicate key in its catalog).
 pub const SCHEMA: &str = "

@@ -9,7 +9,7 @@
 //! row is only ever replaced by a final one), so duplicate or reordered delivery converges to
 //! the same rows.
 //!
-//! [`db::OrdersDb`] is the table: its schema (API.md's contract, created if missing), the upsert
+//! [`db::OrdersDb`] is the table: its schema (docs/API.md's contract, created if missing), the upsert
 //! and the reads the audit needs.
 
 pub mod db;

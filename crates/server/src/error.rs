@@ -1,4 +1,4 @@
-//! The one place where outcomes become status codes and error codes (API.md).
+//! The one place where outcomes become status codes and error codes (docs/API.md).
 
 use std::borrow::Cow;
 

@@ -209,6 +209,21 @@ impl EmbeddedStore {
                 after: describe(events_after),
             });
         }
+        // An orders table built from more history than the journal holds: the journal lost
+        // acknowledged data (a cut, or a damaged last block taken for a torn write). Checked
+        // before anything on disk changes. (A table that cannot be read now is checked when
+        // its follower opens it.)
+        if scan.format == journal::Format::V2 {
+            if let Ok(Some(table)) = crate::orders_table::progress(dir) {
+                if table > scan.data_end {
+                    return Err(OpenError::JournalBehindOrders {
+                        dir: dir.to_path_buf(),
+                        table,
+                        journal: scan.data_end,
+                    });
+                }
+            }
+        }
         let mut ledger = Ledger::new();
         for (index, ev) in scan.events.iter().enumerate() {
             ledger.apply(ev).map_err(|e| OpenError::Corrupt {
@@ -1052,6 +1067,11 @@ mod tests {
                         "{fault}: {why}"
                     );
                     assert!(why.contains("journal"), "{fault}: {why}");
+                    assert_eq!(
+                        std::fs::read(copy.join(JOURNAL_FILE)).unwrap(),
+                        bytes,
+                        "{fault}: refused, yet the journal was changed"
+                    );
                 }
             }
             let _ = std::fs::remove_dir_all(&copy);

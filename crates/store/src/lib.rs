@@ -1,7 +1,7 @@
 //! The store: where the global truth of every sale lives.
 //!
 //! [`Store`] is the one interface the server uses to change stock; nothing else may. It speaks
-//! in batches and leases (DESIGN.md's stock model), so a backend across a network
+//! in batches (docs/DESIGN.md, "The stock model"), so a backend across a network
 //! ([`redis_store::RedisStore`]) serves a batch of reservations in one round trip. [`embedded::EmbeddedStore`] keeps the
 //! [`Ledger`](ticketrush_core::Ledger) in memory under one lock and makes every change durable
 //! through an append-only journal with group commit.

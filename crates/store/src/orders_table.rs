@@ -1,4 +1,4 @@
-//! The embedded store's orders table: API.md's `orders` shape in SQLite, in the data dir.
+//! The embedded store's orders table: docs/API.md's `orders` shape in SQLite, in the data dir.
 //!
 //! On one machine the journal is the event log, as the Redis Streams are in cluster mode, and
 //! this is its order writer: a thread (`orders-writer`) that reads the journal file up to the
@@ -211,6 +211,28 @@ pub fn replay_from_start(dir: &Path) -> rusqlite::Result<()> {
     let conn = Connection::open(&path)?;
     conn.execute("DELETE FROM orders_progress", [])?;
     Ok(())
+}
+
+/// How far into the journal the table in `dir` was written (`None`: no table, or none yet).
+pub fn progress(dir: &Path) -> rusqlite::Result<Option<u64>> {
+    let path = dir.join(ORDERS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'orders_progress'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    conn.query_row("SELECT journal_offset FROM orders_progress", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|o| o.map(|o| o.max(0) as u64))
 }
 
 /// The rows of one sale, or of all.

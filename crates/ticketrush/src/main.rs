@@ -364,6 +364,12 @@ async fn ensure_sale(store: &dyn Store, id: &SaleId, total: u64) -> anyhow::Resu
     let now: UnixMs = store.now();
     let spec = SaleSpec::new(id.clone(), None, total, None, None, now)
         .with_context(|| format!("--sale {id}:{total}"))?;
+    // An existing sale needs no change, so a node whose store refuses changes (a full disk)
+    // still starts, not ready, instead of exiting.
+    if matches!(store.sale(id).await, Ok(Some(_))) {
+        tracing::info!(sale = %id, "sale exists; keeping it as it is");
+        return Ok(());
+    }
     match store.create_sale(spec).await {
         Ok(_) => tracing::info!(sale = %id, total, "sale created"),
         Err(StoreError::Ledger(LedgerError::SaleExists)) => {

@@ -1,4 +1,4 @@
-//! Contract tests: every status and error code API.md gives, against a real node over HTTP.
+//! Contract tests: every status and error code docs/API.md gives, against a real node over HTTP.
 //!
 //! Each test starts its own node (own data dir, own port) and ends by checking the sale's
 //! invariant `available + reserved + paid == total`.

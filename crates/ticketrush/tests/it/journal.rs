@@ -215,10 +215,13 @@ async fn a_full_disk_refuses_changes_and_selling_resumes_when_space_returns() {
     assert_eq!(a.status, 201, "{:?}", a.body);
     won.push(a.body["reservation_id"].as_str().unwrap().to_string());
 
-    // Restarted on a full disk: not ready (never ready-then-abort), and every 201 is there.
+    // Restarted on a full disk (with its --sale, which exists): not ready, never
+    // ready-then-abort, and every 201 is there.
     sigterm(&mut child).await;
     fill(&filler);
-    let (mut child, c) = spawn_node(&data).await;
+    let data_arg = data.to_str().unwrap();
+    let (mut child, c) =
+        crate::crash::spawn_serve(&["--data-dir", data_arg, "--sale", "full:1000000"]).await;
     for id in &won {
         let a = c.get(&format!("/api/v1/reservations/{id}")).await;
         assert_eq!(a.status, 200, "acknowledged {id} lost");
