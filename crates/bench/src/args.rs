@@ -84,7 +84,7 @@ pub struct Args {
           value_parser = Target::parse)]
     pub targets: Vec<Target>,
     /// The sale every user tries to buy from.
-    #[arg(long, env = "TICKETRUSH_SALE", value_parser = parse_sale)]
+    #[arg(long, env = "TICKETRUSH_BENCH_SALE", value_parser = parse_sale)]
     pub sale: SaleId,
     /// Distinct users; each tries once (and again after a 429, up to --retries).
     #[arg(long, env = "TICKETRUSH_USERS", default_value_t = 1_000_000,

@@ -181,3 +181,43 @@ impl Drop for Tracked {
         }
     }
 }
+
+/// Whole numbers as JSON Schema defines them: `10` and `10.0` are the same integer (a generated
+/// client, or the OpenAPI document's own checker, may send either); `10.5`, negatives and
+/// values past the type's range are refused. For `#[serde(deserialize_with)]`.
+pub mod whole {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+
+    fn number<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<u64, D::Error> {
+        check(serde_json::Number::deserialize(d)?, max)
+    }
+
+    fn check<E: Error>(n: serde_json::Number, max: u64) -> Result<u64, E> {
+        let v = match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => Some(v),
+            // 2^53: past it an f64 is not exact, so a fraction would be invisible.
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0 => {
+                Some(f as u64)
+            }
+            _ => None,
+        };
+        match v {
+            Some(v) if v <= max => Ok(v),
+            _ => Err(E::custom(format!(
+                "invalid value: {n}, expected a whole number from 0 to {max}"
+            ))),
+        }
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        number(d, u64::MAX)
+    }
+
+    /// `null` is as good as absent.
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| check(n, u64::from(u32::MAX)).map(|v| v as u32))
+            .transpose()
+    }
+}

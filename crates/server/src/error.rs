@@ -233,3 +233,34 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written error body is exactly the documented `ErrorBody` shape.
+    #[test]
+    fn error_bodies_match_the_documented_shape() {
+        let id = ReservationId::parse("r1.s").unwrap();
+        for e in [
+            ApiError::sold_out(),
+            ApiError::invalid("a \"quoted\" message\n"),
+            ApiError::unavailable("down").with_reservation_id(id),
+        ] {
+            let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            let obj = v.as_object().unwrap();
+            assert_eq!(obj["error"], e.code);
+            assert_eq!(obj["message"], e.message.as_ref());
+            for k in obj.keys() {
+                assert!(
+                    ["error", "message", "reservation_id"].contains(&k.as_str()),
+                    "{k}"
+                );
+            }
+            assert_eq!(
+                obj.get("reservation_id").and_then(|v| v.as_str()),
+                e.reservation_id.as_ref().map(|r| r.as_str())
+            );
+        }
+    }
+}

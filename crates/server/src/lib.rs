@@ -11,6 +11,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod routes;
 pub mod stock;
 pub mod tasks;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use rand::RngCore;
+use rand::Rng;
 use ticketrush_core::{
     IdempotencyKey, NodeId, Reservation, ReservationId, ReserveOutcome, SaleId, SaleSpec, UserId,
 };

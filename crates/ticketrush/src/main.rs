@@ -59,6 +59,8 @@ enum Command {
     OrderWriter(orders_cmd::OrderWriterArgs),
     /// Check or repair an embedded data dir's journal (when a node refuses to open it).
     Journal(journal_cmd::JournalArgs),
+    /// Print the OpenAPI document every node serves at /api/v1/openapi.json.
+    Openapi,
     /// The article's flash sale on this machine: weighted nodes behind the gateway, a million
     /// simulated users, what each node sold, and the audit.
     Demo(demo::DemoArgs),
@@ -203,6 +205,11 @@ fn main() -> ExitCode {
     if let Command::NginxConf(tier) = &cli.command {
         return nginx_conf(tier);
     }
+    if let Command::Openapi = cli.command {
+        let doc = ticketrush_server::openapi::document(&ticketrush_server::routes::openapi());
+        print!("{doc}");
+        return ExitCode::SUCCESS;
+    }
     if let Command::Journal(args) = cli.command {
         init_logging("warn");
         return match journal_cmd::run(args) {
@@ -217,7 +224,9 @@ fn main() -> ExitCode {
         Command::Serve(a) => &a.runtime,
         Command::Ceiling(a) => &a.runtime,
         Command::Gateway(a) => &a.runtime,
-        Command::NginxConf(_) | Command::Journal(_) => unreachable!("handled above"),
+        Command::NginxConf(_) | Command::Journal(_) | Command::Openapi => {
+            unreachable!("handled above")
+        }
         Command::Bench(a) => &a.runtime,
         Command::Audit(a) => &a.runtime,
         Command::OrderWriter(a) => &a.runtime,
@@ -240,7 +249,9 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve(a).await,
             Command::Ceiling(a) => ceiling(a).await,
             Command::Gateway(a) => gateway(a.tier).await,
-            Command::NginxConf(_) | Command::Journal(_) => unreachable!("handled above"),
+            Command::NginxConf(_) | Command::Journal(_) | Command::Openapi => {
+                unreachable!("handled above")
+            }
             Command::Bench(a) => ticketrush_bench::command(a.bench).await,
             Command::Audit(a) => orders_cmd::audit(a).await,
             Command::OrderWriter(a) => orders_cmd::order_writer(a, shutdown_signal()).await,

@@ -18,7 +18,7 @@ const AUDIT_ATTEMPTS_MAX: u32 = 5;
 #[derive(Args)]
 pub struct AuditArgs {
     /// The sale to check.
-    #[arg(long, env = "TICKETRUSH_SALE", value_parser = parse_sale_id)]
+    #[arg(long, env = "TICKETRUSH_AUDIT_SALE", value_parser = parse_sale_id)]
     sale: SaleId,
     /// The cluster's Redis (the sale's truth).
     #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url, conflicts_with = "data_dir")]

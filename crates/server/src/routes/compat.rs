@@ -12,21 +12,40 @@ use ticketrush_core::{SaleId, UserId};
 use super::{json, NodeState, ReservationBody};
 use crate::error::ApiError;
 use crate::node::{new_anonymous_user, Reserved};
+use crate::openapi::ErrorBody;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BuyQuery {
+    /// Default: a new anonymous user per request, as in the original.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     user_id: Option<String>,
+    /// Default: the node's first `--sale`.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     sale_id: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Answer<'a> {
+/// The original prototype's answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Answer<'a> {
+    /// 1: reserved; -1: not (the reason is in `msg`).
     code: i32,
     msg: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<ReservationBody<'a>>,
 }
 
+/// The original prototype's endpoint: reserves a ticket, always 200 with `code` 1 or -1.
+#[utoipa::path(
+    get,
+    path = "/buy/ticket",
+    tag = "compat",
+    params(BuyQuery),
+    responses(
+        (status = 200, description = "`code` 1 with the reservation, or -1 with the reason", body = Answer),
+        (status = 400, description = "A malformed query or id (`invalid_request`)", body = ErrorBody)
+    )
+)]
 pub async fn buy_ticket(
     State(node): NodeState,
     q: Result<Query<BuyQuery>, QueryRejection>,

@@ -15,43 +15,52 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
-use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use ticketrush_core::{Reservation, SaleView};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::node::Node;
 
 pub const X_NODE_ID: HeaderName = HeaderName::from_static("x-node-id");
 
+/// Every route of the API with its documentation: the router and the OpenAPI document are
+/// built from the same declarations (`#[utoipa::path]` on each handler), so neither can list
+/// a route the other lacks.
+fn api() -> OpenApiRouter<Arc<Node>> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(sales::create, sales::list))
+        .routes(routes!(sales::get))
+        .routes(routes!(reservations::reserve))
+        .routes(routes!(reservations::get))
+        .routes(routes!(reservations::pay))
+        .routes(routes!(reservations::cancel))
+        .routes(routes!(compat::buy_ticket))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI document every node serves (and `docs/openapi.json` holds).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api().split_for_parts().1;
+    utoipa::Modify::modify(&crate::openapi::Common, &mut doc);
+    doc
+}
+
+static OPENAPI_JSON: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::openapi::document(&openapi()));
+
 /// The whole HTTP API of a node. Every response carries `X-Node-Id`.
 pub fn app(node: Arc<Node>) -> Router {
     let node_id = HeaderValue::from_str(node.config.node_id.as_str())
         .expect("node ids are within the header alphabet");
-    let router = Router::new()
-        .route("/api/v1/sales", post(sales::create).get(sales::list))
-        .route("/api/v1/sales/{sale_id}", get(sales::get))
-        .route(
-            "/api/v1/sales/{sale_id}/reservations",
-            post(reservations::reserve),
-        )
-        .route(
-            "/api/v1/reservations/{reservation_id}",
-            get(reservations::get),
-        )
-        .route(
-            "/api/v1/reservations/{reservation_id}/pay",
-            post(reservations::pay),
-        )
-        .route(
-            "/api/v1/reservations/{reservation_id}/cancel",
-            post(reservations::cancel),
-        )
-        .route("/buy/ticket", get(compat::buy_ticket))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+    let (router, _) = api().split_for_parts();
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::body::drain_unread));
@@ -103,8 +112,9 @@ fn segment(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
 
 type NodeState = State<Arc<Node>>;
 
-#[derive(Serialize)]
-struct SaleBody<'a> {
+/// A sale with its counts: `available + reserved + paid == total`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SaleBody<'a> {
     id: &'a str,
     name: &'a str,
     total: u64,
@@ -113,6 +123,7 @@ struct SaleBody<'a> {
     paid: u64,
     per_user_limit: u32,
     hold_seconds: u32,
+    #[schema(format = DateTime)]
     opens_at: String,
 }
 
@@ -132,15 +143,22 @@ impl<'a> SaleBody<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct ReservationBody<'a> {
+/// A reservation: `reserved` (held until `expires_at`), then `paid`, `cancelled` or
+/// `expired` (final).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReservationBody<'a> {
     reservation_id: &'a str,
     sale_id: &'a str,
     user_id: &'a str,
+    #[schema(pattern = "^(reserved|paid|cancelled|expired)$")]
     state: &'static str,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     expires_at: String,
+    /// Present once paid.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
     paid_at: Option<String>,
 }
 

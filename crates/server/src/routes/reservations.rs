@@ -16,13 +16,41 @@ use crate::body::read_json;
 use crate::error::ApiError;
 use crate::metrics::Outcome;
 use crate::node::Reserved;
+use crate::openapi::ErrorBody;
 
-#[derive(Deserialize)]
+/// Who is asking.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UserBody {
+pub struct UserBody {
+    /// 1–64 characters of `A-Za-z0-9._-:`.
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     user_id: UserId,
 }
 
+/// Reserves one ticket for a user; the hold lasts the sale's `hold_seconds`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sales/{sale_id}/reservations",
+    tag = "reservations",
+    params(
+        ("sale_id" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$", description = "The sale's id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
+            pattern = "^[!-~]([ -~]*[!-~])?$",
+            description = "1–128 printable ASCII characters: a retry with the same key (same user) answers 200 with the same reservation and never reserves twice")
+    ),
+    request_body = UserBody,
+    responses(
+        (status = 201, description = "Reserved", body = ReservationBody),
+        (status = 200, description = "The Idempotency-Key was seen: the earlier reservation", body = ReservationBody),
+        (status = 400, description = "A malformed body, id or key (`invalid_request`)", body = ErrorBody),
+        (status = 404, description = "No such sale (`sale_not_found`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`invalid_request`)", body = ErrorBody),
+        (status = 409, description = "No ticket is left anywhere in the sale (`sold_out`), the user holds as many as the sale allows (`limit_reached`), or the sale has not opened (`not_open`)", body = ErrorBody),
+        (status = 413, description = "A body over 4 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 429, description = "The node is at capacity (`overloaded`); retry after Retry-After", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (`unavailable`); when the outcome is unknown, `reservation_id` names the reservation if it was made", body = ErrorBody)
+    )
+)]
 pub async fn reserve(
     State(node): NodeState,
     sale_id: Result<Path<String>, PathRejection>,
@@ -63,10 +91,24 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     Ok(Some(IdempotencyKey::parse(s)?))
 }
 
+/// Reservation ids are opaque: one that could not have been made does not exist (404).
 fn reservation_id(p: Result<Path<String>, PathRejection>) -> Result<ReservationId, ApiError> {
-    Ok(ReservationId::parse(&segment(p)?)?)
+    ReservationId::parse(&segment(p)?).map_err(|_| ApiError::reservation_not_found())
 }
 
+/// One reservation.
+#[utoipa::path(
+    get,
+    path = "/api/v1/reservations/{reservation_id}",
+    tag = "reservations",
+    params(("reservation_id" = String, Path, description = "The reservation's id (opaque)")),
+    responses(
+        (status = 200, description = "The reservation", body = ReservationBody),
+        (status = 400, description = "The path is not valid percent-encoded UTF-8 (`invalid_request`)", body = ErrorBody),
+        (status = 404, description = "No such reservation (`reservation_not_found`)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn get(
     State(node): NodeState,
     id: Result<Path<String>, PathRejection>,
@@ -80,6 +122,24 @@ pub async fn get(
     Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
 }
 
+/// Pays a reservation (its user only, within the hold). Paying again answers the same.
+#[utoipa::path(
+    post,
+    path = "/api/v1/reservations/{reservation_id}/pay",
+    tag = "reservations",
+    params(("reservation_id" = String, Path, description = "The reservation's id (opaque)")),
+    request_body = UserBody,
+    responses(
+        (status = 200, description = "Paid", body = ReservationBody),
+        (status = 400, description = "A malformed body (`invalid_request`)", body = ErrorBody),
+        (status = 403, description = "Another user's reservation (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such reservation (`reservation_not_found`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`invalid_request`)", body = ErrorBody),
+        (status = 409, description = "The hold expired (`expired`) or was cancelled (`cancelled`)", body = ErrorBody),
+        (status = 413, description = "A body over 4 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn pay(
     State(node): NodeState,
     id: Result<Path<String>, PathRejection>,
@@ -92,6 +152,25 @@ pub async fn pay(
     Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
 }
 
+/// Cancels a reservation (its user only); the ticket goes back on sale. Cancelling again
+/// answers the same.
+#[utoipa::path(
+    post,
+    path = "/api/v1/reservations/{reservation_id}/cancel",
+    tag = "reservations",
+    params(("reservation_id" = String, Path, description = "The reservation's id (opaque)")),
+    request_body = UserBody,
+    responses(
+        (status = 200, description = "Cancelled", body = ReservationBody),
+        (status = 400, description = "A malformed body (`invalid_request`)", body = ErrorBody),
+        (status = 403, description = "Another user's reservation (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such reservation (`reservation_not_found`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`invalid_request`)", body = ErrorBody),
+        (status = 409, description = "The hold expired (`expired`) or is paid (`already_paid`)", body = ErrorBody),
+        (status = 413, description = "A body over 4 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn cancel(
     State(node): NodeState,
     id: Result<Path<String>, PathRejection>,

@@ -11,18 +11,52 @@ use ticketrush_core::{SaleId, SaleSpec, UnixMs};
 use super::{json, segment, NodeState, SaleBody};
 use crate::body::read_json;
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 
-#[derive(Deserialize)]
+/// A new sale.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateSale {
+pub struct CreateSale {
+    /// 1–64 characters of `A-Za-z0-9._-:`.
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     id: SaleId,
+    /// Up to 256 characters, no control characters; default: the id.
+    #[schema(max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     name: Option<String>,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::body::whole::u64")]
     total: u64,
+    /// Tickets one user may hold (reserved or paid); default 1.
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::body::whole::opt_u32")]
     per_user_limit: Option<u32>,
+    /// How long a reservation is held for payment; default 900.
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "crate::body::whole::opt_u32")]
     hold_seconds: Option<u32>,
+    /// RFC 3339, within the years 0000–9999 in UTC; before it, reservations are `not_open`.
+    /// Default: now.
+    #[schema(format = DateTime)]
     opens_at: Option<String>,
 }
 
+/// Creates a sale (admin).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sales",
+    tag = "sales",
+    request_body = CreateSale,
+    security(("admin" = [])),
+    responses(
+        (status = 201, description = "Created", body = SaleBody),
+        (status = 400, description = "A malformed body or an invalid field (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin token (`unauthorized`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`invalid_request`)", body = ErrorBody),
+        (status = 409, description = "The id is taken (`sale_exists`) or the store holds as many sales as it allows (`too_many_sales`)", body = ErrorBody),
+        (status = 413, description = "A body over 4 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn create(
     State(node): NodeState,
     headers: HeaderMap,
@@ -51,6 +85,19 @@ pub async fn create(
     Ok(json(StatusCode::CREATED, &SaleBody::of(&view)))
 }
 
+/// One sale with its counts (`available + reserved + paid == total`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/sales/{sale_id}",
+    tag = "sales",
+    params(("sale_id" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$", description = "The sale's id")),
+    responses(
+        (status = 200, description = "The sale", body = SaleBody),
+        (status = 400, description = "Not a valid sale id (`invalid_request`)", body = ErrorBody),
+        (status = 404, description = "No such sale (`sale_not_found`)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn get(
     State(node): NodeState,
     sale_id: Result<Path<String>, PathRejection>,
@@ -64,11 +111,23 @@ pub async fn get(
     Ok(json(StatusCode::OK, &SaleBody::of(&view)))
 }
 
+/// Every sale.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Sales<'a> {
+    sales: Vec<SaleBody<'a>>,
+}
+
+/// Every sale of the store, ordered by id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sales",
+    tag = "sales",
+    responses(
+        (status = 200, description = "The sales", body = Sales),
+        (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn list(State(node): NodeState) -> Result<Response, ApiError> {
-    #[derive(Serialize)]
-    struct Sales<'a> {
-        sales: Vec<SaleBody<'a>>,
-    }
     let views = node.store.sales().await?;
     let sales = views.iter().map(SaleBody::of).collect();
     Ok(json(StatusCode::OK, &Sales { sales }))

@@ -11,6 +11,7 @@ mod embedded_orders;
 mod gateway;
 mod hostile;
 mod journal;
+mod openapi;
 mod orders;
 mod pg;
 mod races;
