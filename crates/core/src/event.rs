@@ -59,6 +59,14 @@ pub enum Event {
         lease: LeaseId,
         idempotency_key: Option<IdempotencyKey>,
     },
+    /// A reservation as it stands, in whatever state: what a compacted journal holds instead
+    /// of the reservation's history (its `Reserved` and the change that settled it). The
+    /// ticket is counted as its state says: a hold or a payment takes one from the pool.
+    Restored {
+        reservation: Reservation,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<IdempotencyKey>,
+    },
     Paid {
         sale_id: SaleId,
         id: ReservationId,
@@ -82,7 +90,9 @@ impl Event {
     pub fn sale_id(&self) -> &SaleId {
         match self {
             Event::SaleCreated { spec, .. } => &spec.id,
-            Event::Reserved { reservation, .. } => &reservation.sale_id,
+            Event::Reserved { reservation, .. } | Event::Restored { reservation, .. } => {
+                &reservation.sale_id
+            }
             Event::LeaseGranted { sale_id, .. }
             | Event::LeaseRenewed { sale_id, .. }
             | Event::LeaseReturned { sale_id, .. }

@@ -68,6 +68,8 @@ enum Op {
     },
     /// The store restarts: replay the journal into a fresh ledger.
     Restart,
+    /// The store compacts its journal: the history is replaced by the state as records.
+    Compact,
 }
 
 fn params() -> impl Strategy<Value = Params> {
@@ -97,6 +99,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (node.clone(), 0usize..4).prop_map(|(node, max)| Op::ExpireDue { node, max }),
         1 => node.prop_map(|node| Op::Die { node }),
         1 => Just(Op::Restart),
+        1 => Just(Op::Compact),
     ]
 }
 
@@ -351,6 +354,17 @@ impl World {
                 self.log.append(&mut out);
             }
             Op::Die { node } => self.gates[*node] = SoldOutGate::default(),
+            Op::Compact => {
+                let snap = self.ledger.snapshot_events();
+                assert_eq!(snap.len(), self.ledger.records());
+                let compacted = replay(&snap);
+                compacted.check_invariants().unwrap();
+                assert_eq!(snapshot(&compacted), snapshot(&self.ledger));
+                assert_eq!(compacted.next_due(), self.ledger.next_due());
+                self.log = snap;
+                self.ledger = compacted;
+                return;
+            }
             Op::Restart => {
                 let mut l = replay(&self.log);
                 let mut out = Vec::new();

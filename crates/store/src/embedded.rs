@@ -63,6 +63,8 @@ const RESERVE_STEP_BYTES: u64 = 1024 * 1024;
 const RESERVE_RETRY: Duration = Duration::from_secs(1);
 
 pub const JOURNAL_FILE: &str = "journal.log";
+/// A journal being written to replace `journal.log` (compaction, conversion) until its rename.
+const JOURNAL_NEW_FILE: &str = "journal.log.new";
 /// Where a first-version journal is kept (hard-linked) when it is converted to format 2.
 pub const JOURNAL_V1_FILE: &str = "journal.v1.log";
 const LOCK_FILE: &str = "LOCK";
@@ -118,9 +120,26 @@ pub struct Recovery {
     /// The journal was in the first version's format and was converted (the old file is kept
     /// as `journal.v1.log`).
     pub converted: bool,
+    /// The journal was compacted to its records (see `Compaction`).
+    pub compacted: bool,
     /// The disk had no room to reserve journal space: the store opened not ready.
     pub disk_full: bool,
 }
+
+/// Whether `open` compacts the journal: rewrites it as the state it holds, one record per sale
+/// and reservation, dropping the history behind them (the changes that settled each
+/// reservation, the first version's lease events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compaction {
+    /// When the history holds at least `COMPACT_MIN_EVENTS` events and half again as many
+    /// as there are records.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Below this many events, a journal replays fast whatever its shape: not worth a rewrite.
+pub const COMPACT_MIN_EVENTS: usize = if cfg!(test) { 100 } else { 100_000 };
 
 struct State {
     ledger: Ledger,
@@ -169,8 +188,17 @@ fn now_ms() -> UnixMs {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`: replays the journal, zeroes a torn tail,
     /// refuses a damaged journal, converts a first-version journal, takes back any lease one
-    /// left open, reserves journal space, and starts the journal writer.
+    /// left open, compacts a journal whose history outgrew its records, reserves journal space,
+    /// and starts the journal writer.
     pub fn open(dir: &Path) -> Result<(EmbeddedStore, Recovery), OpenError> {
+        Self::open_with(dir, Compaction::Auto)
+    }
+
+    /// `open`, compacting the journal as `compaction` says.
+    pub fn open_with(
+        dir: &Path,
+        compaction: Compaction,
+    ) -> Result<(EmbeddedStore, Recovery), OpenError> {
         let io_err = |source| OpenError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -180,6 +208,9 @@ impl EmbeddedStore {
         if lock.try_lock().is_err() {
             return Err(OpenError::Locked(dir.to_path_buf()));
         }
+        // A compaction or conversion cut short by a crash left its unfinished file: the journal
+        // beside it is whole (the rename never happened).
+        let _ = std::fs::remove_file(dir.join(JOURNAL_NEW_FILE));
         let path = dir.join(JOURNAL_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -304,6 +335,38 @@ impl EmbeddedStore {
                 .map_err(io_err)?;
             data_end += blk.len() as u64;
         }
+        // Compaction: the journal becomes the state, one record per sale and reservation
+        // (`Ledger::snapshot_events`), written beside it, fsynced and put in place with one
+        // rename, so a crash at any moment leaves the old journal or the new one, whole. The
+        // orders table is first set to follow from the start (its rows converge), as its
+        // offset means nothing in the new file.
+        let history = scan.events.len() + events.len();
+        let compacted = match compaction {
+            Compaction::Never => false,
+            Compaction::Always => true,
+            Compaction::Auto => history >= COMPACT_MIN_EVENTS && history * 2 > ledger.records() * 3,
+        };
+        if compacted {
+            let snapshot = ledger.snapshot_events();
+            tracing::info!(
+                history,
+                records = snapshot.len(),
+                "compacting the journal to its records"
+            );
+            let (fresh, end) = write_v2(dir, &snapshot).map_err(io_err)?;
+            crate::orders_table::replay_from_start(dir).map_err(|e| OpenError::Orders {
+                dir: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            std::fs::rename(&fresh, &path).map_err(io_err)?;
+            sync_dir(dir).map_err(io_err)?;
+            file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_err)?;
+            data_end = end;
+        }
         let file_len = file.metadata().map_err(io_err)?.len().max(data_end);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -368,6 +431,7 @@ impl EmbeddedStore {
             torn_bytes,
             leases_reclaimed,
             converted,
+            compacted,
             disk_full,
         };
         let store = EmbeddedStore {
@@ -595,7 +659,7 @@ fn reserve_step(shared: &Shared, file: &File, data_end: u64) -> bool {
 /// Writes `events` as a new format-2 journal in `dir` (a temporary name, fsynced), answers its
 /// path and where its history ends.
 fn write_v2(dir: &Path, events: &[Event]) -> io::Result<(PathBuf, u64)> {
-    let tmp = dir.join("journal.log.new");
+    let tmp = dir.join(JOURNAL_NEW_FILE);
     let mut out = journal::MAGIC.to_vec();
     let mut frames = Vec::new();
     for ev in events {
@@ -1101,6 +1165,67 @@ mod tests {
             bytes,
             "the journal is untouched"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A journal whose history outgrew its records is compacted when opened: the same state,
+    /// fewer bytes, the orders table converging on the new journal; and a compaction cut short
+    /// (its unfinished file left beside the journal, the orders table already set to follow
+    /// from the start) loses nothing.
+    #[tokio::test]
+    async fn compaction_keeps_the_state_and_survives_a_crash_midway() {
+        let (dir, acked) = busy_dir("compact").await;
+        let s = SaleId::parse("s").unwrap();
+        // Settle many holds so the history (reserve + pay or cancel) outgrows the records.
+        {
+            let (store, rec) = EmbeddedStore::open_with(&dir, Compaction::Never).unwrap();
+            assert!(!rec.compacted);
+            for id in acked
+                .reserved
+                .iter()
+                .filter(|id| !acked.paid.contains(id))
+                .take(400)
+            {
+                let r = store.reservation(id).await.unwrap().unwrap();
+                store.cancel(id, &r.user_id).await.unwrap();
+            }
+        }
+        let before = std::fs::read(dir.join(JOURNAL_FILE)).unwrap();
+        let history_bytes = journal::scan(&before).data_end;
+        let view_before;
+        {
+            let (store, rec) = EmbeddedStore::open(&dir).unwrap();
+            assert!(rec.compacted, "{rec:?}");
+            view_before = store.sale(&s).await.unwrap().unwrap();
+        }
+        let after = journal::scan(&std::fs::read(dir.join(JOURNAL_FILE)).unwrap());
+        assert!(
+            after.data_end * 10 < history_bytes * 8,
+            "compacted {} of {history_bytes} bytes",
+            after.data_end
+        );
+        // One record per sale and reservation.
+        assert_eq!(after.events.len(), 1 + acked.reserved.len());
+        // A crash in the middle of the next compaction: a torn new file, the table reset.
+        std::fs::write(dir.join(JOURNAL_NEW_FILE), &before[..before.len() / 3]).unwrap();
+        crate::orders_table::replay_from_start(&dir).unwrap();
+        let (store, rec) = EmbeddedStore::open_with(&dir, Compaction::Never).unwrap();
+        assert!(!rec.compacted);
+        assert!(!dir.join(JOURNAL_NEW_FILE).exists());
+        assert_eq!(store.sale(&s).await.unwrap().unwrap(), view_before);
+        for id in &acked.paid {
+            let r = store.reservation(id).await.unwrap().unwrap();
+            assert_eq!(r.state, ReservationState::Paid);
+        }
+        // The orders table caught up with the compacted journal and agrees with the ledger.
+        let rows = store
+            .order_rows(&s, std::time::Duration::from_secs(10))
+            .unwrap()
+            .expect("the orders table caught up");
+        let snap = store.snapshot(&s).await.unwrap().unwrap();
+        let report = ticketrush_core::audit_sale(&snap.view, &snap.reservations, Some(&rows));
+        assert!(report.passed(), "{:?}", report.violations);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

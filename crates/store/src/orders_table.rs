@@ -410,6 +410,22 @@ impl Statements<'_> {
                 ])?;
                 return Ok(());
             }
+            // A compacted journal's record: the row as it stands (inserted if missing, then
+            // moved forward to its state as any settle is).
+            Event::Restored { reservation: r, .. } => {
+                self.insert.execute(params![
+                    r.id.as_str(),
+                    r.sale_id.as_str(),
+                    r.user_id.as_str(),
+                    r.created_at.to_rfc3339(),
+                    r.expires_at.to_rfc3339(),
+                    r.created_at.to_rfc3339(),
+                ])?;
+                if r.state == ReservationState::Reserved {
+                    return Ok(());
+                }
+                (&r.id, r.state, &r.updated_at)
+            }
             Event::Paid { id, at, .. } => (id, ReservationState::Paid, at),
             Event::Cancelled { id, at, .. } => (id, ReservationState::Cancelled, at),
             Event::Expired { id, at, .. } => (id, ReservationState::Expired, at),

@@ -91,6 +91,7 @@ fn states_in(events: &[Event]) -> HashMap<ReservationId, ReservationState> {
     for e in events {
         let (id, st) = match e {
             Event::Reserved { reservation, .. } => (&reservation.id, ReservationState::Reserved),
+            Event::Restored { reservation, .. } => (&reservation.id, reservation.state),
             Event::Paid { id, .. } => (id, ReservationState::Paid),
             Event::Cancelled { id, .. } => (id, ReservationState::Cancelled),
             Event::Expired { id, .. } => (id, ReservationState::Expired),

@@ -1,6 +1,7 @@
-//! `ticketrush journal verify|salvage --data-dir DIR`: the operator's tools for a data dir whose
-//! node refused to open (see `ticketrush_store::verify`). Neither needs the node running; run
-//! `salvage --install` with no node on the data dir.
+//! `ticketrush journal verify|salvage|compact --data-dir DIR`: the operator's tools for an
+//! embedded data dir, above all one whose node refused to open it (see
+//! `ticketrush_store::verify`). None needs the node running; run `salvage --install` and
+//! `compact` with no node on the data dir.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,10 @@ pub enum JournalCommand {
     /// Read the journal and the orders table, change nothing, and report damage and every
     /// reservation the two disagree on; exit 1 unless the data dir is sound.
     Verify(DirArgs),
+    /// Rewrite the journal as the state it holds, one record per sale and reservation (a node
+    /// also does this when it opens a journal whose history outgrew its records). No node may
+    /// be running on the data dir.
+    Compact(DirArgs),
     /// Write a repaired journal (journal.salvaged.log) from the readable journal and the
     /// orders table, and report what it kept, re-created and dropped. With --install, also put
     /// it in place (the damaged one is kept as journal.damaged.log).
@@ -55,6 +60,22 @@ pub fn run(args: JournalArgs) -> anyhow::Result<()> {
                 );
             }
             println!("sound: a node can open this data dir");
+            Ok(())
+        }
+        JournalCommand::Compact(a) => {
+            let before = std::fs::metadata(a.data_dir.join("journal.log"))?.len();
+            let (store, rec) = ticketrush_store::EmbeddedStore::open_with(
+                &a.data_dir,
+                ticketrush_store::embedded::Compaction::Always,
+            )?;
+            drop(store);
+            let after = std::fs::metadata(a.data_dir.join("journal.log"))?.len();
+            println!(
+                "compacted: {} events of history into records; journal {before} bytes before, \
+                 {after} after (of which {} MiB reserved ahead)",
+                rec.events,
+                ticketrush_store::embedded::JOURNAL_RESERVE_BYTES / (1024 * 1024)
+            );
             Ok(())
         }
         JournalCommand::Salvage(a) => {

@@ -57,7 +57,7 @@ enum Command {
     Audit(orders_cmd::AuditArgs),
     /// Run an order writer alone: Redis event streams to the PostgreSQL orders table.
     OrderWriter(orders_cmd::OrderWriterArgs),
-    /// Check or repair an embedded data dir's journal (when a node refuses to open it).
+    /// Check, repair or compact an embedded data dir's journal (no node running on it).
     Journal(journal_cmd::JournalArgs),
     /// Print the OpenAPI document every node serves at /api/v1/openapi.json.
     Openapi,
