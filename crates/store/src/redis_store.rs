@@ -129,8 +129,49 @@ pub fn sale_of(id: &ReservationId) -> Option<SaleId> {
     SaleId::parse(sale).ok()
 }
 
+/// A connection to a single Redis (the manager reconnects by itself) or to a Redis Cluster
+/// (routes each command by its key's slot, follows MOVED and ASK, refreshes its slot map and
+/// reconnects by itself). Every script touches one sale's keys, all in one slot, and every
+/// plain command one key, so both run the same calls.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     scripts: Scripts,
     config: RedisConfig,
     /// Calls made to Redis (script calls and plain commands), for `/metrics` and benchmarks.
@@ -140,9 +181,51 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to Redis. Fails if Redis cannot be reached now; once connected, the manager
-    /// reconnects by itself after Redis goes away and comes back.
+    /// Connects to Redis, finding out by itself whether it is a single server or a node of a
+    /// Redis Cluster (then that node is the seed the cluster's map is read from). Fails if
+    /// Redis cannot be reached now; once connected, the connection recovers by itself after
+    /// Redis (or a master) goes away and comes back.
     pub async fn connect(config: RedisConfig) -> StoreResult<RedisStore> {
+        let conn = Self::connect_single(&config).await?;
+        let mut probe = conn.clone();
+        let info: String = tokio::time::timeout(
+            config.op_timeout,
+            redis::cmd("INFO").arg("cluster").query_async(&mut probe),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis did not answer".into()))?
+        .map_err(unavailable)?;
+        let conn = if info.contains("cluster_enabled:1") {
+            let client = redis::cluster::ClusterClientBuilder::new(vec![config.url.as_str()])
+                .connection_timeout(config.op_timeout)
+                .response_timeout(config.op_timeout)
+                .retries(3)
+                .build()
+                .map_err(|e| StoreError::Unavailable(format!("bad redis cluster url: {e}")))?;
+            let cluster =
+                tokio::time::timeout(config.op_timeout * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| StoreError::Unavailable("redis cluster did not answer".into()))?
+                    .map_err(unavailable)?;
+            Conn::Cluster(cluster)
+        } else {
+            Conn::Single(conn)
+        };
+        Ok(RedisStore {
+            conn,
+            scripts: Scripts::load(),
+            config,
+            calls: AtomicU64::new(0),
+            reap_turn: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    async fn connect_single(config: &RedisConfig) -> StoreResult<ConnectionManager> {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
@@ -157,13 +240,7 @@ impl RedisStore {
         .await
         .map_err(|_| StoreError::Unavailable("redis did not answer".into()))?
         .map_err(unavailable)?;
-        Ok(RedisStore {
-            conn,
-            scripts: Scripts::load(),
-            config,
-            calls: AtomicU64::new(0),
-            reap_turn: AtomicU64::new(0),
-        })
+        Ok(conn)
     }
 
     /// Calls made to Redis since start.

@@ -336,7 +336,14 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
         let store = RedisStore::connect(config)
             .await
             .with_context(|| format!("cannot reach redis at {}", redact_url(url)))?;
-        tracing::info!(redis = %redact_url(url), "redis store connected");
+        if store.is_cluster() && args.postgres.is_some() {
+            anyhow::bail!("{}", orders_cmd::NO_CLUSTER_WRITER);
+        }
+        tracing::info!(
+            redis = %redact_url(url),
+            cluster = store.is_cluster(),
+            "redis store connected"
+        );
         return Ok(Arc::new(store));
     }
     let (store, recovery) = EmbeddedStore::open(&args.data_dir)?;

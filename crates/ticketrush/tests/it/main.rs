@@ -15,5 +15,6 @@ mod openapi;
 mod orders;
 mod pg;
 mod races;
+mod redis_cluster;
 mod redis_server;
 mod support;

@@ -13,6 +13,8 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: TempDir,
     child: Option<Child>,
+    /// Flags beyond the usual ones (cluster mode), kept for restarts.
+    extra: Vec<String>,
 }
 
 fn redis_server_binary() -> PathBuf {
@@ -37,6 +39,7 @@ impl RedisServer {
             port: free_port(),
             dir: TempDir::new("redis"),
             child: None,
+            extra: Vec::new(),
         };
         server.spawn();
         server
@@ -47,6 +50,11 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
         let child = Command::new(redis_server_binary())
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")
@@ -60,6 +68,7 @@ impl RedisServer {
                 "",
             ])
             .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -109,15 +118,107 @@ impl RedisServer {
         assert!(ok, "kill {sig} {pid}");
     }
 
-    /// Starts again on the same port and data dir (it replays its AOF).
+    /// Starts again on the same port, data dir and flags (it replays its AOF).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        let extra: Vec<String> = self.extra.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        self.spawn_with(&extra);
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real three-master Redis Cluster owned by one test: three `redis-server --cluster-enabled
+/// yes` on free loopback ports (each bus port is its port + 10000), their own dirs, AOF always,
+/// joined by `redis-cli --cluster create`; killed when dropped.
+pub struct RedisCluster {
+    pub masters: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let mut masters = Vec::new();
+        for _ in 0..3 {
+            // The bus port (port + 10000) must be free too.
+            let port = loop {
+                let p = free_port();
+                if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                    break p;
+                }
+            };
+            let mut s = RedisServer {
+                port,
+                dir: TempDir::new("redis-cluster"),
+                child: None,
+                extra: Vec::new(),
+            };
+            s.spawn_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+            masters.push(s);
+        }
+        let addrs: Vec<String> = masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let out = Command::new(redis_cli_binary())
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { masters };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.masters.iter().all(|m| m.cluster_ok()) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// Any one node's URL: the seed a client starts from.
+    pub fn url(&self) -> String {
+        self.masters[0].url()
+    }
+}
+
+fn redis_cli_binary() -> PathBuf {
+    for p in ["/usr/bin/redis-cli", "/usr/local/bin/redis-cli"] {
+        if std::path::Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("redis-cli is not installed: scripts/test installs it (apt-get install redis-server)");
+}
+
+impl RedisServer {
+    /// Whether this cluster node says `cluster_state:ok`.
+    fn cluster_ok(&self) -> bool {
+        Command::new(redis_cli_binary())
+            .args(["-p", &self.port.to_string(), "CLUSTER", "INFO"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+    }
+
+    /// Runs `redis-cli -p PORT ARGS` against this server and answers its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(redis_cli_binary())
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
