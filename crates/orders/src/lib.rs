@@ -30,6 +30,9 @@ pub enum OrdersError {
     Timeout(&'static str, std::time::Duration),
     #[error("{0}")]
     Bad(String),
+    /// Connecting to Redis failed (as the store reports it).
+    #[error("{0}")]
+    Store(String),
 }
 
 pub type OrdersResult<T> = Result<T, OrdersError>;

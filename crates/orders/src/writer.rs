@@ -15,10 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use ticketrush_core::SaleId;
-use ticketrush_store::redis_store::{events_key, sale_keys, SALES_KEY};
+use ticketrush_store::redis_store::{events_key, sale_keys, Conn, SALES_KEY};
 use tokio::sync::watch;
 
 use crate::events::{latest_per_reservation, parse_entries, parse_read, Entry};
@@ -171,7 +170,7 @@ impl OrderWriter {
 struct Loop {
     config: WriterConfig,
     stats: Arc<WriterStats>,
-    redis: Option<ConnectionManager>,
+    redis: Option<Conn>,
     db: Option<OrdersDb>,
     streams: Vec<Stream>,
     last_housekeeping: Option<Instant>,
@@ -251,16 +250,13 @@ impl Loop {
         }
     }
 
-    async fn redis(&mut self) -> OrdersResult<ConnectionManager> {
+    async fn redis(&mut self) -> OrdersResult<Conn> {
         if let Some(c) = &self.redis {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(self.config.redis_url.as_str())?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
-        let conn = redis_call(ConnectionManager::new_with_config(client, cfg)).await?;
+        let conn = Conn::connect(&self.config.redis_url, REDIS_TIMEOUT)
+            .await
+            .map_err(|e| OrdersError::Store(e.to_string()))?;
         self.redis = Some(conn.clone());
         Ok(conn)
     }
@@ -310,7 +306,7 @@ impl Loop {
     }
 
     /// Follows every sale Redis lists that it does not follow yet.
-    async fn discover(&mut self, conn: &mut ConnectionManager) -> OrdersResult<()> {
+    async fn discover(&mut self, conn: &mut Conn) -> OrdersResult<()> {
         let ids: Vec<String> =
             redis_call(redis::cmd("SMEMBERS").arg(SALES_KEY).query_async(conn)).await?;
         for id in ids {
@@ -340,7 +336,7 @@ impl Loop {
         Ok(())
     }
 
-    async fn measure_and_trim(&mut self, conn: &mut ConnectionManager) -> OrdersResult<()> {
+    async fn measure_and_trim(&mut self, conn: &mut Conn) -> OrdersResult<()> {
         let (mut waiting, mut lag_ms) = (0u64, 0u64);
         for s in &self.streams {
             let r: Vec<String> = redis_call(self.trim.key(&s.key).invoke_async(conn)).await?;
@@ -356,7 +352,7 @@ impl Loop {
     }
 
     /// Takes over entries another writer has held unacknowledged for `claim_idle`.
-    async fn claim(&mut self, conn: &mut ConnectionManager, i: usize) -> OrdersResult<Vec<Entry>> {
+    async fn claim(&mut self, conn: &mut Conn, i: usize) -> OrdersResult<Vec<Entry>> {
         let idle_ms = self.config.claim_idle.as_millis() as u64;
         let reply: Value = redis_call(
             redis::cmd("XAUTOCLAIM")
@@ -377,32 +373,48 @@ impl Loop {
         Ok(parts.get(1).map(parse_entries).unwrap_or_default())
     }
 
-    /// Reads new entries of every stream (own pending ones first where due).
-    async fn read(
-        &mut self,
-        conn: &mut ConnectionManager,
-    ) -> OrdersResult<Vec<(String, Vec<Entry>)>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.config.consumer)
-            .arg("COUNT")
-            .arg(BATCH_MAX)
-            .arg("STREAMS");
-        for s in &self.streams {
-            cmd.arg(&s.key);
+    /// Reads new entries of every stream (own pending ones first where due): in one
+    /// XREADGROUP on a single Redis; on a cluster, which refuses one call across slots, one
+    /// per stream.
+    async fn read(&mut self, conn: &mut Conn) -> OrdersResult<Vec<(String, Vec<Entry>)>> {
+        let query = |streams: &[&Stream]| {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.config.consumer)
+                .arg("COUNT")
+                .arg(BATCH_MAX)
+                .arg("STREAMS");
+            for s in streams {
+                cmd.arg(&s.key);
+            }
+            for s in streams {
+                cmd.arg(if s.own_pending { "0" } else { ">" });
+            }
+            cmd
+        };
+        let all: Vec<&Stream> = self.streams.iter().collect();
+        if !conn.is_cluster() {
+            let reply: Value = redis_call(query(&all).query_async(conn)).await?;
+            return Ok(parse_read(&reply));
         }
-        for s in &self.streams {
-            cmd.arg(if s.own_pending { "0" } else { ">" });
+        let mut out = Vec::new();
+        for s in all {
+            let reply: Value = redis_call(query(&[s]).query_async(conn)).await?;
+            let mut read = parse_read(&reply);
+            if read.is_empty() {
+                // Nothing of this stream (a nil reply): an empty read, so own_pending clears.
+                read.push((s.key.clone(), Vec::new()));
+            }
+            out.extend(read);
         }
-        let reply: Value = redis_call(cmd.query_async(conn)).await?;
-        Ok(parse_read(&reply))
+        Ok(out)
     }
 
     /// Writes the rows of `entries` in one upsert, then acknowledges them all.
     async fn commit(
         &mut self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         i: usize,
         entries: Vec<Entry>,
     ) -> OrdersResult<bool> {
@@ -451,8 +463,9 @@ impl Loop {
 /// `None` when no writer ever attached to the sale's stream. For `audit`, which waits for 0.
 /// (It runs the writers' trim step, which only drops what every group acknowledged.)
 pub async fn backlog(redis_url: &str, sale: &SaleId) -> OrdersResult<Option<u64>> {
-    let client = redis::Client::open(redis_url)?;
-    let mut conn = redis_call(client.get_multiplexed_async_connection()).await?;
+    let mut conn = Conn::connect(redis_url, REDIS_TIMEOUT)
+        .await
+        .map_err(|e| OrdersError::Store(e.to_string()))?;
     let trim = Script::new(include_str!("../lua/trim.lua"));
     let r: Vec<String> = redis_call(trim.key(events_key(sale)).invoke_async(&mut conn)).await?;
     let n = |i: usize| r.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);

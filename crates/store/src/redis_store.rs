@@ -134,9 +134,57 @@ pub fn sale_of(id: &ReservationId) -> Option<SaleId> {
 /// reconnects by itself). Every script touches one sale's keys, all in one slot, and every
 /// plain command one key, so both run the same calls.
 #[derive(Clone)]
-enum Conn {
+pub enum Conn {
     Single(ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    /// Connects to `url`, a single Redis or any node of a Redis Cluster (found out with
+    /// `INFO cluster`), every call bounded by `timeout`. The store and the order writer both
+    /// connect through this.
+    pub async fn connect(url: &str, timeout: Duration) -> StoreResult<Conn> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let single = tokio::time::timeout(
+            timeout * 2,
+            ConnectionManager::new_with_config(client, manager_config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis did not answer".into()))?
+        .map_err(unavailable)?;
+        let mut probe = single.clone();
+        let info: String = tokio::time::timeout(
+            timeout,
+            redis::cmd("INFO").arg("cluster").query_async(&mut probe),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis did not answer".into()))?
+        .map_err(unavailable)?;
+        if !info.contains("cluster_enabled:1") {
+            return Ok(Conn::Single(single));
+        }
+        let client = redis::cluster::ClusterClientBuilder::new(vec![url])
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(3)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("bad redis cluster url: {e}")))?;
+        let cluster = tokio::time::timeout(timeout * 2, client.get_async_connection())
+            .await
+            .map_err(|_| StoreError::Unavailable("redis cluster did not answer".into()))?
+            .map_err(unavailable)?;
+        Ok(Conn::Cluster(cluster))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -186,31 +234,7 @@ impl RedisStore {
     /// Redis cannot be reached now; once connected, the connection recovers by itself after
     /// Redis (or a master) goes away and comes back.
     pub async fn connect(config: RedisConfig) -> StoreResult<RedisStore> {
-        let conn = Self::connect_single(&config).await?;
-        let mut probe = conn.clone();
-        let info: String = tokio::time::timeout(
-            config.op_timeout,
-            redis::cmd("INFO").arg("cluster").query_async(&mut probe),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("redis did not answer".into()))?
-        .map_err(unavailable)?;
-        let conn = if info.contains("cluster_enabled:1") {
-            let client = redis::cluster::ClusterClientBuilder::new(vec![config.url.as_str()])
-                .connection_timeout(config.op_timeout)
-                .response_timeout(config.op_timeout)
-                .retries(3)
-                .build()
-                .map_err(|e| StoreError::Unavailable(format!("bad redis cluster url: {e}")))?;
-            let cluster =
-                tokio::time::timeout(config.op_timeout * 2, client.get_async_connection())
-                    .await
-                    .map_err(|_| StoreError::Unavailable("redis cluster did not answer".into()))?
-                    .map_err(unavailable)?;
-            Conn::Cluster(cluster)
-        } else {
-            Conn::Single(conn)
-        };
+        let conn = Conn::connect(&config.url, config.op_timeout).await?;
         Ok(RedisStore {
             conn,
             scripts: Scripts::load(),
@@ -222,25 +246,7 @@ impl RedisStore {
 
     /// Whether this store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.conn, Conn::Cluster(_))
-    }
-
-    async fn connect_single(config: &RedisConfig) -> StoreResult<ConnectionManager> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.op_timeout))
-            .set_response_timeout(Some(config.op_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            config.op_timeout * 2,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("redis did not answer".into()))?
-        .map_err(unavailable)?;
-        Ok(conn)
+        self.conn.is_cluster()
     }
 
     /// Calls made to Redis since start.

@@ -336,9 +336,6 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
         let store = RedisStore::connect(config)
             .await
             .with_context(|| format!("cannot reach redis at {}", redact_url(url)))?;
-        if store.is_cluster() && args.postgres.is_some() {
-            anyhow::bail!("{}", orders_cmd::NO_CLUSTER_WRITER);
-        }
         tracing::info!(
             redis = %redact_url(url),
             cluster = store.is_cluster(),

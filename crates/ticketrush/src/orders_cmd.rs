@@ -83,23 +83,6 @@ pub fn start_writer(
     writer
 }
 
-/// The order writer reads every sale's stream in one XREADGROUP, which a Redis Cluster refuses
-/// across slots; until it reads per stream, it refuses a cluster up front.
-pub const NO_CLUSTER_WRITER: &str = "the order writer does not support Redis Cluster yet \
-    (it reads all sales' streams in one call, which a cluster refuses across slots): run the \
-    nodes without --postgres, or on a single Redis";
-
-/// Refuses a Redis Cluster for what only works on a single Redis (see `NO_CLUSTER_WRITER`).
-async fn refuse_cluster(redis: &str) -> anyhow::Result<()> {
-    let store = RedisStore::connect(RedisConfig::new(redis))
-        .await
-        .context("cannot reach redis")?;
-    if store.is_cluster() {
-        bail!("{NO_CLUSTER_WRITER}");
-    }
-    Ok(())
-}
-
 pub async fn order_writer(
     args: OrderWriterArgs,
     shutdown: impl std::future::Future<Output = ()>,
@@ -108,7 +91,6 @@ pub async fn order_writer(
         let r = ticketrush_server::node::new_reservation_id();
         NodeId::parse(&format!("writer-{}", &r.as_str()[..6])).expect("valid consumer name")
     });
-    refuse_cluster(&args.redis).await?;
     // Fail fast on a wrong URL or an unreachable database, then let the writer retry.
     OrdersDb::connect(&args.postgres)
         .await
@@ -154,9 +136,6 @@ async fn audit_redis(args: &AuditArgs, redis: &str) -> anyhow::Result<AuditRepor
     let Some(pg) = &args.postgres else {
         return audit_store(&store, &args.sale, None).await;
     };
-    if store.is_cluster() {
-        bail!("{NO_CLUSTER_WRITER}");
-    }
     let db = OrdersDb::connect(pg)
         .await
         .context("cannot reach postgres")?;
