@@ -36,6 +36,9 @@ pub struct SoldOutGate {
     /// 0: open; otherwise the node-clock millisecond (plus one, so that 0 stays "open" even at
     /// the clock's origin) until which the sale counts as sold out.
     until: AtomicU64,
+    /// Counts `reopen`s: a batch answered after a return it did not see must not close the
+    /// gate again (see `observe_since`).
+    reopened: AtomicU64,
 }
 
 impl SoldOutGate {
@@ -64,17 +67,32 @@ impl SoldOutGate {
 
     /// The store answered a batch decided at `now_ms` with `available` tickets left after it.
     pub fn observe(&self, available: u64, now_ms: u64, recheck_ms: u64) {
-        let word = if available == 0 {
-            now_ms + 1 + recheck_ms
+        self.observe_since(available, self.epoch(), now_ms, recheck_ms);
+    }
+
+    /// Where the gate stands before a batch goes to the store: pass it to `observe_since`.
+    pub fn epoch(&self) -> u64 {
+        self.reopened.load(Ordering::Acquire)
+    }
+
+    /// `observe` for a batch sent at `epoch`: an empty pool it reports is ignored if tickets
+    /// came back on this node since (the batch may have been decided before the return; with
+    /// several batches in flight, answers arrive in any order). Tickets left always open it.
+    pub fn observe_since(&self, available: u64, epoch: u64, now_ms: u64, recheck_ms: u64) {
+        if available == 0 {
+            if self.epoch() != epoch {
+                return;
+            }
+            self.until.store(now_ms + 1 + recheck_ms, Ordering::Release);
         } else {
-            0
-        };
-        self.until.store(word, Ordering::Release);
+            self.until.store(0, Ordering::Release);
+        }
     }
 
     /// Tickets came back to the pool (a cancellation or expiry this node saw): ask the store
     /// again from the next request on.
     pub fn reopen(&self) {
+        self.reopened.fetch_add(1, Ordering::AcqRel);
         self.until.store(0, Ordering::Release);
     }
 
@@ -117,6 +135,20 @@ mod tests {
         g.observe(1, 205, RECHECK);
         assert_eq!(g.admit(206, RECHECK), Admit::Store);
         assert_eq!(g.admit(206, RECHECK), Admit::Store);
+    }
+
+    #[test]
+    fn a_batch_answered_after_a_return_does_not_close_the_gate_again() {
+        let g = SoldOutGate::default();
+        let sent = g.epoch();
+        // A cancel on this node returns a ticket while the batch is on its way.
+        g.reopen();
+        // The batch was decided before the return and reports an empty pool: stale.
+        g.observe_since(0, sent, 5, RECHECK);
+        assert_eq!(g.admit(6, RECHECK), Admit::Store);
+        // A batch sent after the return is believed.
+        g.observe_since(0, g.epoch(), 7, RECHECK);
+        assert_eq!(g.admit(8, RECHECK), Admit::SoldOut);
     }
 
     #[test]

@@ -398,17 +398,31 @@ impl Loop {
             let reply: Value = redis_call(query(&all).query_async(conn)).await?;
             return Ok(parse_read(&reply));
         }
+        // A master that is down (or failing over) holds up only its own sales' rows: the other
+        // streams are read; the step fails only when no stream could be.
         let mut out = Vec::new();
+        let mut failed = None;
         for s in all {
-            let reply: Value = redis_call(query(&[s]).query_async(conn)).await?;
-            let mut read = parse_read(&reply);
-            if read.is_empty() {
-                // Nothing of this stream (a nil reply): an empty read, so own_pending clears.
-                read.push((s.key.clone(), Vec::new()));
+            match redis_call(query(&[s]).query_async::<Value>(conn)).await {
+                Ok(reply) => {
+                    let mut read = parse_read(&reply);
+                    if read.is_empty() {
+                        // Nothing of this stream (a nil reply): an empty read, so
+                        // own_pending clears.
+                        read.push((s.key.clone(), Vec::new()));
+                    }
+                    out.extend(read);
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Relaxed);
+                    failed = Some(e);
+                }
             }
-            out.extend(read);
         }
-        Ok(out)
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Writes the rows of `entries` in one upsert, then acknowledges them all.

@@ -137,15 +137,17 @@ impl BatchLoop {
         self.metrics
             .batch_items
             .fetch_add(items.len() as u64, Relaxed);
+        let epoch = self.gate.epoch();
         match self.store.reserve_batch(&self.sale_id, items).await {
             Ok(answer) => {
                 debug_assert_eq!(answer.outcomes.len(), batch.len());
-                self.gate.observe(answer.available);
+                self.gate.observe(answer.available, epoch);
                 for (p, outcome) in batch.into_iter().zip(answer.outcomes) {
                     let _ = p.reply.send(Ok(outcome));
                 }
             }
-            Err(e @ StoreError::Ledger(_)) => {
+            // Refusals applied nothing: there is nothing to look up.
+            Err(e @ (StoreError::Ledger(_) | StoreError::Refused(_))) => {
                 for p in batch {
                     let _ = p.reply.send(Err(e.clone()));
                 }

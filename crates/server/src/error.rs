@@ -162,6 +162,10 @@ impl From<StoreError> for ApiError {
                 log_unavailable(&m);
                 ApiError::unavailable("the store is unavailable; retry shortly")
             }
+            StoreError::Refused(m) => {
+                log_unavailable(&m);
+                ApiError::unavailable(format!("{m}; retry shortly"))
+            }
         }
     }
 }

@@ -163,7 +163,9 @@ impl Node {
             Ok(Decision::Store(ReserveOutcome::NoStock)) => Err(ApiError::sold_out()),
             Ok(Decision::SoldOutFromMemory) => self.sold_out(rt, &user_id, key.as_ref()).await,
             Err(Undecided::Shed) => Err(ApiError::overloaded()),
-            Err(Undecided::Store(e @ StoreError::Ledger(_), _)) => Err(e.into()),
+            Err(Undecided::Store(e @ (StoreError::Ledger(_) | StoreError::Refused(_)), _)) => {
+                Err(e.into())
+            }
             Err(Undecided::Store(e, id)) => Err(ApiError::from(e).with_reservation_id(id)),
         }
     }

@@ -63,9 +63,15 @@ impl Gate {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// The store answered a batch with `available` tickets left after it.
-    pub fn observe(&self, available: u64) {
-        self.gate.observe(available, self.now_ms(), self.recheck_ms);
+    /// Where the gate stands as a batch goes to the store.
+    pub fn epoch(&self) -> u64 {
+        self.gate.epoch()
+    }
+
+    /// The store answered a batch sent at `epoch` with `available` tickets left after it.
+    pub fn observe(&self, available: u64, epoch: u64) {
+        self.gate
+            .observe_since(available, epoch, self.now_ms(), self.recheck_ms);
     }
 }
 

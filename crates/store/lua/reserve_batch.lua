@@ -5,6 +5,8 @@
 --   'P id record'    the idempotency key was seen: the earlier reservation, no ticket taken
 --   'L'              the user already holds per_user_limit tickets
 --   'N'              the pool is empty: sold out for every node at this moment
+--   'A record'       this item's id is already reserved: the same call ran before (a client
+--                    library re-sent it after a lost reply); nothing taken again
 -- Answers {'OK', created_ms, expires_ms, available after the batch, answer per item...}; the
 -- node answers later requests `sold_out` from memory while available is 0.
 --
@@ -40,6 +42,17 @@ local counts = hmget_chunked(K_USERS, users)
 for j, u in ipairs(users) do
   held[u] = tonumber(counts[j] or '0')
 end
+-- Ids already recorded: this call was applied before and is being re-sent (a cluster client
+-- retries a call whose reply was lost). Each such item answers what it got, takes nothing.
+local item_ids = {}
+for i = 2, #ARGV, 3 do
+  item_ids[#item_ids + 1] = ARGV[i]
+end
+local already = {}
+local stored = hmget_chunked(K_RES, item_ids)
+for j, id in ipairs(item_ids) do
+  if stored[j] then already[id] = stored[j] end
+end
 local seen = {}
 if #idem_keys > 0 then
   local found = hmget_chunked(K_IDEM, idem_keys)
@@ -56,7 +69,9 @@ for i = 2, #ARGV, 3 do
   local id, user, key = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local ik = (key ~= '') and (user .. '\n' .. key) or nil
   local prior = ik and seen[ik]
-  if prior then
+  if already[id] then
+    out[#out + 1] = 'A ' .. already[id]
+  elseif prior then
     local record = records[prior] or redis.call('HGET', K_RES, prior)
     out[#out + 1] = 'P ' .. prior .. ' ' .. record
   elseif held[user] >= limit then

@@ -67,7 +67,7 @@ pub const JOURNAL_FILE: &str = "journal.log";
 const JOURNAL_NEW_FILE: &str = "journal.log.new";
 /// Where a first-version journal is kept (hard-linked) when it is converted to format 2.
 pub const JOURNAL_V1_FILE: &str = "journal.v1.log";
-const LOCK_FILE: &str = "LOCK";
+pub const LOCK_FILE: &str = "LOCK";
 
 /// The refusal of a change while the journal cannot reserve space.
 pub const DISK_FULL: &str = "the data dir's disk is full: changes wait until space is freed";
@@ -244,7 +244,8 @@ impl EmbeddedStore {
         // acknowledged data (a cut, or a damaged last block taken for a torn write). Checked
         // before anything on disk changes. (A table that cannot be read now is checked when
         // its follower opens it.)
-        if scan.format == journal::Format::V2 {
+        // (A first-version table's offsets are that journal's bytes too: comparable alike.)
+        {
             if let Ok(Some(table)) = crate::orders_table::progress(dir) {
                 if table > scan.data_end {
                     return Err(OpenError::JournalBehindOrders {
@@ -341,31 +342,34 @@ impl EmbeddedStore {
         // orders table is first set to follow from the start (its rows converge), as its
         // offset means nothing in the new file.
         let history = scan.events.len() + events.len();
-        let compacted = match compaction {
+        let wanted = match compaction {
             Compaction::Never => false,
             Compaction::Always => true,
             Compaction::Auto => history >= COMPACT_MIN_EVENTS && history * 2 > ledger.records() * 3,
         };
-        if compacted {
+        let mut compacted = false;
+        if wanted {
             let snapshot = ledger.snapshot_events();
             tracing::info!(
                 history,
                 records = snapshot.len(),
                 "compacting the journal to its records"
             );
-            let (fresh, end) = write_v2(dir, &snapshot).map_err(io_err)?;
-            crate::orders_table::replay_from_start(dir).map_err(|e| OpenError::Orders {
-                dir: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            std::fs::rename(&fresh, &path).map_err(io_err)?;
-            sync_dir(dir).map_err(io_err)?;
-            file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err)?;
-            data_end = end;
+            match compact(dir, &path, &snapshot) {
+                Ok((f, end)) => {
+                    (file, data_end, compacted) = (f, end, true);
+                }
+                // Compaction is an optimisation: a disk without room for the new journal (or
+                // any other failure before the rename) leaves the journal as it was.
+                Err(e) if compaction == Compaction::Auto => {
+                    let _ = std::fs::remove_file(dir.join(JOURNAL_NEW_FILE));
+                    tracing::warn!(error = %e, "could not compact the journal; opening it as it is");
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(dir.join(JOURNAL_NEW_FILE));
+                    return Err(io_err(e));
+                }
+            }
         }
         let file_len = file.metadata().map_err(io_err)?.len().max(data_end);
         let shared = Arc::new(Shared {
@@ -498,7 +502,7 @@ impl EmbeddedStore {
         {
             // The writer reserves more (or, on a full disk, has marked the store not ready).
             self.shared.wake.notify_one();
-            return Err(StoreError::Unavailable(DISK_FULL.into()));
+            return Err(StoreError::Refused(DISK_FULL.into()));
         }
         let mut events = Vec::new();
         let result = op(&mut st.ledger, now_ms(), &mut events);
@@ -562,6 +566,9 @@ impl Drop for EmbeddedStore {
 /// publishes; between commits it keeps `JOURNAL_RESERVE_BYTES` allocated ahead, one step at a
 /// time, and while the disk is full it tries again every `RESERVE_RETRY`.
 fn write_loop(shared: &Shared, file: File, mut data_end: u64) {
+    // The last reserving step succeeded: the disk has room again, so go on reserving at once
+    // rather than a step per `RESERVE_RETRY`.
+    let mut stepped = false;
     loop {
         let (frames, seq, reserve) = {
             let mut st = shared.state.lock().expect("ledger lock poisoned");
@@ -570,7 +577,7 @@ fn write_loop(shared: &Shared, file: File, mut data_end: u64) {
                 let reserve = shared.reserved_end.load(Ordering::Acquire)
                     < st.journal_end + JOURNAL_RESERVE_BYTES;
                 let full = shared.disk_full.load(Ordering::Acquire);
-                if !st.pending.is_empty() || st.shutdown || (reserve && !full) {
+                if !st.pending.is_empty() || st.shutdown || (reserve && (!full || stepped)) {
                     break;
                 }
                 if full {
@@ -619,9 +626,7 @@ fn write_loop(shared: &Shared, file: File, mut data_end: u64) {
             shared.durable_bytes.send_replace(data_end);
             shared.durable.send_replace(seq);
         }
-        if reserve {
-            reserve_step(shared, &file, data_end);
-        }
+        stepped = reserve && reserve_step(shared, &file, data_end);
     }
 }
 
@@ -654,6 +659,18 @@ fn reserve_step(shared: &Shared, file: &File, data_end: u64) -> bool {
         tracing::info!("journal space reserved again: accepting changes");
     }
     true
+}
+
+/// Compaction's steps (see `open_with`): the records written beside the journal and fsynced,
+/// the orders table set to follow from the start, the rename, the directory synced. Answers
+/// the new journal, open, and where its history ends.
+fn compact(dir: &Path, path: &Path, snapshot: &[Event]) -> io::Result<(File, u64)> {
+    let (fresh, end) = write_v2(dir, snapshot)?;
+    crate::orders_table::replay_from_start(dir).map_err(io::Error::other)?;
+    std::fs::rename(&fresh, path)?;
+    sync_dir(dir)?;
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    Ok((file, end))
 }
 
 /// Writes `events` as a new format-2 journal in `dir` (a temporary name, fsynced), answers its

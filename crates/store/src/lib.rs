@@ -34,9 +34,14 @@ pub enum StoreError {
     /// The request was refused by the rules of the stock model.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    /// The store cannot answer now (down, timed out, backlog full); the caller may retry.
+    /// The store cannot answer now (down, timed out); the caller may retry. Whether a change
+    /// was applied is unknown.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the change and applied nothing (its backlog or its disk is full); the
+    /// caller may retry later.
+    #[error("store busy: {0}")]
+    Refused(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

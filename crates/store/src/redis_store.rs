@@ -515,7 +515,7 @@ fn refusal(code: &str) -> StoreError {
         "CANCELLED" => LedgerError::Cancelled,
         "ALREADY_PAID" => LedgerError::AlreadyPaid,
         "BACKLOG" => {
-            return StoreError::Unavailable(
+            return StoreError::Refused(
                 "the order events backlog is full; the order writer is behind".into(),
             )
         }
@@ -594,6 +594,12 @@ fn outcome(
         })),
         "L" => Ok(ReserveOutcome::LimitReached),
         "N" => Ok(ReserveOutcome::NoStock),
+        // The call was applied before (re-sent after a lost reply): the item's reservation.
+        _ if answer.starts_with("A ") => Ok(ReserveOutcome::Reserved(parse_record(
+            item.id.clone(),
+            sale_id,
+            &answer[2..],
+        )?)),
         _ => {
             let (id, record) = answer
                 .strip_prefix("P ")

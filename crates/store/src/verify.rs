@@ -268,13 +268,27 @@ pub fn salvage(dir: &Path, install: bool) -> Result<Salvage, String> {
         .map_err(|e| e.to_string())?;
     report.path = path.clone();
     if install {
+        // No node may write the journal meanwhile: hold the data dir's lock, as a node does.
+        let lock = std::fs::File::create(dir.join(crate::embedded::LOCK_FILE))
+            .map_err(|e| e.to_string())?;
+        if lock.try_lock().is_err() {
+            return Err(format!(
+                "{} is in use by a running node: stop it first",
+                dir.display()
+            ));
+        }
+        // In an order that a crash at any step leaves whole: the orders table first follows
+        // from the start (right for either journal), the damaged journal is kept by a second
+        // name, then the salvaged one replaces it in one rename.
+        orders_table::replay_from_start(dir).map_err(|e| e.to_string())?;
         let journal = dir.join(JOURNAL_FILE);
-        std::fs::rename(&journal, dir.join(DAMAGED_FILE)).map_err(|e| e.to_string())?;
+        let damaged = dir.join(DAMAGED_FILE);
+        let _ = std::fs::remove_file(&damaged);
+        std::fs::hard_link(&journal, &damaged).map_err(|e| e.to_string())?;
         std::fs::rename(&path, &journal).map_err(|e| e.to_string())?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| e.to_string())?;
-        orders_table::replay_from_start(dir).map_err(|e| e.to_string())?;
         report.path = journal;
     }
     Ok(report)

@@ -91,6 +91,23 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     Ok(Some(IdempotencyKey::parse(s)?))
 }
 
+/// A pay or cancel that found the hold past its deadline expired it there and then: its
+/// ticket is back in the pool, so this node stops answering sold_out from memory.
+fn returned_if_expired(
+    node: &crate::node::Node,
+    r: Result<ticketrush_core::Reservation, ticketrush_store::StoreError>,
+) -> Result<ticketrush_core::Reservation, ApiError> {
+    if matches!(
+        r,
+        Err(ticketrush_store::StoreError::Ledger(
+            ticketrush_core::LedgerError::Expired
+        ))
+    ) {
+        node.tickets_returned(None);
+    }
+    Ok(r?)
+}
+
 /// Reservation ids are opaque: one that could not have been made does not exist (404).
 fn reservation_id(p: Result<Path<String>, PathRejection>) -> Result<ReservationId, ApiError> {
     ReservationId::parse(&segment(p)?).map_err(|_| ApiError::reservation_not_found())
@@ -148,7 +165,7 @@ pub async fn pay(
 ) -> Result<Response, ApiError> {
     let id = reservation_id(id)?;
     let req: UserBody = read_json(&headers, body).await?;
-    let r = node.store.pay(&id, &req.user_id).await?;
+    let r = returned_if_expired(&node, node.store.pay(&id, &req.user_id).await)?;
     Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
 }
 
@@ -179,7 +196,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = reservation_id(id)?;
     let req: UserBody = read_json(&headers, body).await?;
-    let r = node.store.cancel(&id, &req.user_id).await?;
+    let r = returned_if_expired(&node, node.store.cancel(&id, &req.user_id).await)?;
     // A cancelled ticket is back in the pool: this node stops answering sold_out from memory.
     node.tickets_returned(Some(&r.sale_id));
     Ok(json(StatusCode::OK, &ReservationBody::of(&r)))

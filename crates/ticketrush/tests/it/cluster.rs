@@ -721,3 +721,38 @@ async fn as_many_users_as_tickets_all_win_whichever_node_they_reach() {
         n.stop().await;
     }
 }
+
+/// A client library may re-send a script call whose reply it lost (redis-rs's cluster client
+/// does on a dropped connection). The batch answers each item with what it already got and
+/// takes nothing again: the counts stay true.
+#[tokio::test]
+async fn scripts_answer_a_resent_batch_without_taking_again() {
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    s.create_sale(sale("resent", 10, 1, 60)).await.unwrap();
+    let items = vec![
+        item("resent", 1, "a", None),
+        item("resent", 2, "b", Some("k")),
+    ];
+    let first = s
+        .reserve_batch(&sid("resent"), items.clone())
+        .await
+        .unwrap();
+    let again = s.reserve_batch(&sid("resent"), items).await.unwrap();
+    for (a, b) in first.outcomes.iter().zip(&again.outcomes) {
+        let (ReserveOutcome::Reserved(a), ReserveOutcome::Reserved(b)) = (a, b) else {
+            panic!("{first:?} then {again:?}");
+        };
+        assert_eq!(a, b);
+    }
+    assert_eq!(again.available, 8);
+    let v = s.sale(&sid("resent")).await.unwrap().unwrap();
+    assert_eq!(counts(&v), (8, 2, 0));
+    // The users' holdings were not counted twice: each may still not take a second ticket,
+    // and nobody else is short of one.
+    let more = s
+        .reserve_batch(&sid("resent"), vec![item("resent", 3, "c", None)])
+        .await
+        .unwrap();
+    assert!(matches!(more.outcomes[0], ReserveOutcome::Reserved(_)));
+}
