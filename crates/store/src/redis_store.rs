@@ -140,10 +140,23 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Connects to `url`, a single Redis or any node of a Redis Cluster (found out with
-    /// `INFO cluster`), every call bounded by `timeout`. The store and the order writer both
+    /// Connects to `urls`: one Redis URL, or several separated by commas (nodes of one Redis
+    /// Cluster: seeds, tried in order). A single Redis or a cluster is found out with `INFO
+    /// cluster`; every call is bounded by `timeout`. The store and the order writer both
     /// connect through this.
-    pub async fn connect(url: &str, timeout: Duration) -> StoreResult<Conn> {
+    pub async fn connect(urls: &str, timeout: Duration) -> StoreResult<Conn> {
+        let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let mut last = None;
+        for url in &seeds {
+            match Self::connect_to(url, &seeds, timeout).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Unavailable("no redis url".into())))
+    }
+
+    async fn connect_to(url: &str, seeds: &[&str], timeout: Duration) -> StoreResult<Conn> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
@@ -169,7 +182,7 @@ impl Conn {
         if !info.contains("cluster_enabled:1") {
             return Ok(Conn::Single(single));
         }
-        let client = redis::cluster::ClusterClientBuilder::new(vec![url])
+        let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .retries(3)

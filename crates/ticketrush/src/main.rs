@@ -354,18 +354,30 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-fn parse_redis_url(s: &str) -> Result<String, String> {
-    if !(s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://"))
-    {
-        return Err(format!("{s:?} is not a redis:// URL"));
+/// A Redis URL, or several separated by commas: nodes of one Redis Cluster, each a seed the
+/// cluster's map can be read from.
+fn parse_redis_url(list: &str) -> Result<String, String> {
+    for s in list.split(',') {
+        if !(s.starts_with("redis://")
+            || s.starts_with("rediss://")
+            || s.starts_with("redis+unix://"))
+        {
+            return Err(format!("{s:?} is not a redis:// URL"));
+        }
+        redis::Client::open(s).map_err(|e| format!("not a redis URL: {e}"))?;
     }
-    redis::Client::open(s)
-        .map(|_| s.to_string())
-        .map_err(|e| format!("not a redis URL: {e}"))
+    Ok(list.to_string())
 }
 
-/// A URL without its password, for logs.
-fn redact_url(url: &str) -> String {
+/// URLs (comma-separated) without their passwords, for logs.
+fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(redact_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://…@{}", &url[..scheme], &url[at + 1..])

@@ -287,3 +287,27 @@ async fn orders_of_every_sale_reach_postgres_and_audit_passes() {
     }
     assert_eq!(db.count("select count(*) from orders").await, 240);
 }
+
+/// Several seeds, comma-separated: a dead one is skipped, and the cluster is found from the
+/// next.
+#[tokio::test]
+async fn seeds_are_tried_in_order() {
+    let cluster = RedisCluster::start();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let urls = format!("redis://127.0.0.1:{dead},{}", cluster.masters[1].url());
+    let store = RedisStore::connect(RedisConfig::new(urls)).await.unwrap();
+    assert!(store.is_cluster());
+    let spec = ticketrush_core::SaleSpec::new(
+        ticketrush_core::SaleId::parse("seeded").unwrap(),
+        None,
+        5,
+        None,
+        None,
+        ticketrush_core::UnixMs(0),
+    )
+    .unwrap();
+    assert_eq!(store.create_sale(spec).await.unwrap().available, 5);
+}
