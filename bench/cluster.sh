@@ -9,7 +9,7 @@
 #      writers' lag is sampled during the sale; then a backlog of TICKETS reservations made
 #      while no writer runs is drained by one `order-writer`: rows per second.
 # Redis calls per reservation: the round trips the nodes count (ticketrush_store_round_trips_total,
-# every script call and plain command, reaper and lease keeper included), cross-checked with
+# every script call and plain command, the reapers included), cross-checked with
 # the EVALSHA calls Redis itself counts (INFO commandstats; commands run inside scripts are
 # counted there too, so only EVALSHA is comparable).
 set -euo pipefail
