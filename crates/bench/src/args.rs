@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, ValueEnum};
 use ticketrush_core::{SaleId, UserId};
 
+/// Most sales one run spreads its users over (the store's own bound).
+pub const SALES_MAX: usize = 1_024;
 /// Most distinct users one run simulates (the article has a million; this leaves room).
 pub const USERS_MAX: u64 = 100_000_000;
 /// Most keep-alive connections one run opens (each costs a socket, a task and ~70 KiB of
@@ -83,9 +85,12 @@ pub struct Args {
     #[arg(long = "target", env = "TICKETRUSH_TARGET", value_delimiter = ',', required = true,
           value_parser = Target::parse)]
     pub targets: Vec<Target>,
-    /// The sale every user tries to buy from.
-    #[arg(long, env = "TICKETRUSH_BENCH_SALE", value_parser = parse_sale)]
-    pub sale: SaleId,
+    /// The sale every user tries to buy from; several (comma-separated or repeated, at most
+    /// 1,024): each user picks one by a skewed popularity (Zipf: the i-th is 1/i as popular as
+    /// the first), so some sell out at once and others never.
+    #[arg(long = "sale", env = "TICKETRUSH_BENCH_SALE", value_delimiter = ',', required = true,
+          value_parser = parse_sale)]
+    pub sales: Vec<SaleId>,
     /// Distinct users; each tries once (and again after a 429, up to --retries).
     #[arg(long, env = "TICKETRUSH_USERS", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..=USERS_MAX))]
@@ -140,11 +145,40 @@ pub struct Args {
 }
 
 impl Args {
+    /// The first sale (the only one in a single-sale run).
+    pub fn sale(&self) -> &SaleId {
+        &self.sales[0]
+    }
+
+    /// Which sale user `user` tries: the first of one, or by popularity (see `--sale`).
+    pub fn sale_of(&self, user: u64) -> usize {
+        let n = self.sales.len();
+        if n == 1 {
+            return 0;
+        }
+        // A fixed hash of the user (splitmix64) to [0, 1), then the Zipf distribution's
+        // inverse: the smallest i whose cumulative weight reaches it.
+        let mut z = user.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+        let total: f64 = (1..=n).map(|i| 1.0 / i as f64).sum();
+        let mut acc = 0.0;
+        for i in 0..n {
+            acc += 1.0 / (i + 1) as f64 / total;
+            if u < acc {
+                return i;
+            }
+        }
+        n - 1
+    }
+
     /// The defaults of the command line for these targets and sale, for callers in code.
     pub fn new(targets: Vec<Target>, sale: SaleId, users: u64) -> Args {
         Args {
             targets,
-            sale,
+            sales: vec![sale],
             users,
             connections: 100,
             threads: None,
@@ -166,6 +200,9 @@ impl Args {
     pub fn validate(&self) -> Result<(), String> {
         if self.targets.is_empty() || self.targets.len() > TARGETS_MAX {
             return Err(format!("give 1 to {TARGETS_MAX} targets"));
+        }
+        if self.sales.is_empty() || self.sales.len() > SALES_MAX {
+            return Err(format!("give 1 to {SALES_MAX} sales"));
         }
         if !(1..=USERS_MAX).contains(&self.users) {
             return Err(format!("--users must be 1 to {USERS_MAX}"));
@@ -223,6 +260,30 @@ fn parse_prefix(s: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn users_pick_sales_by_a_skewed_popularity() {
+        let t = vec![Target::parse("http://127.0.0.1:1").unwrap()];
+        let mut a = Args::new(t, SaleId::parse("s0").unwrap(), 100_000);
+        assert_eq!(a.sale_of(7), 0, "one sale: always it");
+        a.sales = (0..10)
+            .map(|i| SaleId::parse(&format!("s{i}")).unwrap())
+            .collect();
+        let mut n = [0u32; 10];
+        for u in 0..100_000 {
+            n[a.sale_of(u)] += 1;
+        }
+        // Zipf over 10: the first about 34 %, the last about 3.4 %; each less than the one
+        // before it (within noise), and every sale chosen.
+        assert!((31_000..37_000).contains(&n[0]), "{n:?}");
+        assert!((2_800..4_000).contains(&n[9]), "{n:?}");
+        assert!(n[0] > n[1] && n[1] > n[3] && n[3] > n[9], "{n:?}");
+        assert_eq!(
+            a.sale_of(12_345),
+            a.sale_of(12_345),
+            "the same user, the same sale"
+        );
+    }
+
     use super::*;
 
     #[test]

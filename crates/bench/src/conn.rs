@@ -68,11 +68,14 @@ pub struct ConnResult {
     pub gave_up_on_target: bool,
     /// When, since the run started, this task's last success was answered.
     pub last_success: Option<Duration>,
-    /// When (µs since the start) this task sent its last request that went on to win.
-    pub last_win_sent_us: Option<u64>,
-    /// When (µs since the start) each `sold_out` answer arrived, earliest first; only the
-    /// first `times_max` are kept (the early ones are the ones that matter, see `lib.rs`).
-    pub sold_out_at_us: Vec<u64>,
+    /// Per sale (in `--sale` order): when (µs since the start) this task sent its last
+    /// request that went on to win.
+    pub last_win_sent_us: Vec<Option<u64>>,
+    /// When (µs since the start) each `sold_out` answer arrived, and for which sale, earliest
+    /// first; only the first `times_max` are kept (the early ones matter, see `lib.rs`).
+    pub sold_out_at_us: Vec<(u64, u32)>,
+    /// `sold_out` answers per sale.
+    pub sold_out_by_sale: Vec<u64>,
     /// When each win was answered (µs since the start); past `times_max` the older half is
     /// dropped, since the sale's tail is what is measured from them.
     pub won_at_us: Vec<u64>,
@@ -160,7 +163,8 @@ struct Conn<'a> {
     index: usize,
     target: &'a Target,
     host: HeaderValue,
-    reserve_uri: Uri,
+    /// The reservation path of each sale.
+    reserve_uris: Vec<Uri>,
     timeout: Duration,
     give_up: Duration,
     claimed: std::ops::Range<u64>,
@@ -176,15 +180,21 @@ struct Conn<'a> {
 pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> ConnResult {
     let args = &shared.args;
     let target = &args.targets[index % args.targets.len()];
-    let reserve_uri: Uri = format!("/api/v1/sales/{}/reservations", args.sale)
-        .parse()
-        .expect("sale ids are valid in a path");
+    let reserve_uris: Vec<Uri> = args
+        .sales
+        .iter()
+        .map(|s| {
+            format!("/api/v1/sales/{s}/reservations")
+                .parse()
+                .expect("sale ids are valid in a path")
+        })
+        .collect();
     let mut conn = Conn {
         shared: &shared,
         index,
         target,
         host: HeaderValue::from_str(&target.authority).expect("authority is a valid header"),
-        reserve_uri,
+        reserve_uris,
         timeout: Duration::from_millis(args.timeout_ms),
         give_up: Duration::from_secs(args.give_up_seconds),
         claimed: 0..0,
@@ -199,8 +209,9 @@ pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> Con
             by_node: Vec::new(),
             gave_up_on_target: false,
             last_success: None,
-            last_win_sent_us: None,
+            last_win_sent_us: vec![None; args.sales.len()],
             sold_out_at_us: Vec::new(),
+            sold_out_by_sale: vec![0; args.sales.len()],
             won_at_us: Vec::new(),
             times_max: (ANSWER_TIMES_MAX / args.connections.max(1) as usize).max(1024),
         },
@@ -307,7 +318,8 @@ impl Conn<'_> {
         self.out.latency_us.saturating_record(latency_us.max(1));
         let outcome = classify(self.shared.args.endpoint, &answer);
         self.count_answered(&outcome, done, latency_us, &answer);
-        self.note_time(&outcome, sent, done);
+        let sale = self.shared.args.sale_of(job.user);
+        self.note_time(&outcome, sale, sent, done);
         match outcome {
             Outcome::Overloaded(after) => {
                 if job.attempt < self.shared.args.retries {
@@ -342,15 +354,18 @@ impl Conn<'_> {
     }
 
     /// Keeps what `early_sold_out` and the sale's tail are computed from.
-    fn note_time(&mut self, o: &Outcome, sent: Instant, done: Instant) {
+    fn note_time(&mut self, o: &Outcome, sale: usize, sent: Instant, done: Instant) {
         let us = |t: Instant| t.saturating_duration_since(self.shared.started).as_micros() as u64;
         let out = &mut self.out;
         match o {
-            Outcome::SoldOut if out.sold_out_at_us.len() < out.times_max => {
-                out.sold_out_at_us.push(us(done));
+            Outcome::SoldOut => {
+                out.sold_out_by_sale[sale] += 1;
+                if out.sold_out_at_us.len() < out.times_max {
+                    out.sold_out_at_us.push((us(done), sale as u32));
+                }
             }
             Outcome::Won => {
-                out.last_win_sent_us = Some(us(sent));
+                out.last_win_sent_us[sale] = Some(us(sent));
                 if out.won_at_us.len() >= out.times_max {
                     out.won_at_us.drain(..out.times_max / 2);
                 }
@@ -432,12 +447,13 @@ impl Conn<'_> {
                 b.extend_from_slice(b"{\"user_id\":\"");
                 push_user(&mut b, &args.user_prefix, user);
                 b.extend_from_slice(b"\"}");
-                (Method::POST, self.reserve_uri.clone(), Bytes::from(b))
+                let uri = self.reserve_uris[args.sale_of(user)].clone();
+                (Method::POST, uri, Bytes::from(b))
             }
             Endpoint::BuyTicket => {
                 let mut q = Vec::with_capacity(96);
                 q.extend_from_slice(b"/buy/ticket?sale_id=");
-                q.extend_from_slice(args.sale.as_str().as_bytes());
+                q.extend_from_slice(args.sales[args.sale_of(user)].as_str().as_bytes());
                 q.extend_from_slice(b"&user_id=");
                 push_user(&mut q, &args.user_prefix, user);
                 let uri = Uri::from_maybe_shared(Bytes::from(q)).expect("ids are valid in a query");

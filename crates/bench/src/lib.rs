@@ -47,10 +47,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let before = if args.no_check {
         None
     } else {
-        let s = check::read_sale(&args.targets, args.sale.as_str())
+        let s = check::read_sales(&args.targets, &args.sales)
             .await
-            .with_context(|| format!("cannot read sale {} before the run", args.sale))?;
-        Some(s)
+            .with_context(|| format!("cannot read sale {} before the run", args.sale()))?;
+        Some(s.0)
     };
     let connections = args.connections.min(args.users);
     let shared = Arc::new(Shared {
@@ -72,9 +72,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let check = match before {
         None => Check::skipped(),
         Some(before) => {
-            let told = told(&results);
-            match check::read_sale(&shared.args.targets, shared.args.sale.as_str()).await {
-                Ok(after) => {
+            let mut told = told(&results);
+            match check::read_sales(&shared.args.targets, &shared.args.sales).await {
+                Ok((after, each)) => {
+                    told.sold_out_left = sold_out_left(&results, &each);
                     shared
                         .timeline
                         .set_available(duration_s as u32, after.available);
@@ -177,8 +178,19 @@ fn told(results: &[ConnResult]) -> check::Told {
         paid: c.paid,
         pay_unknown: c.pay_unknown,
         sold_out: c.sold_out,
+        sold_out_left: 0,
         early_sold_out: early.count,
     }
+}
+
+/// Users told `sold_out` by sales that ended with tickets available (`each`: the sales after
+/// the run, in `--sale` order).
+fn sold_out_left(results: &[ConnResult], each: &[check::SaleCounts]) -> u64 {
+    each.iter()
+        .enumerate()
+        .filter(|(_, c)| c.available > 0)
+        .map(|(i, _)| results.iter().map(|r| r.sold_out_by_sale[i]).sum::<u64>())
+        .sum()
 }
 
 /// `sold_out` answers that arrived before some request that went on to win was sent.
@@ -189,18 +201,21 @@ pub struct EarlySoldOut {
     pub at_least: bool,
 }
 
-/// Counts the certain phantoms: a user told `sold_out` while a ticket was still to be had by
-/// someone who asked later. In a sale with no payment, cancellation or expiry during the run,
-/// every one of them is a false answer. Each connection's `sold_out` times are in order, so the
-/// early ones are a prefix of each list.
+/// Counts the certain phantoms: a user told `sold_out` while a ticket of that sale was still
+/// to be had by someone who asked later. In a sale with no payment, cancellation or expiry
+/// during the run, every one of them is a false answer. Each connection keeps its earliest
+/// `sold_out` times (the ones that can be early).
 pub fn early_sold_out(results: &[ConnResult]) -> EarlySoldOut {
-    let Some(last_win) = results.iter().filter_map(|r| r.last_win_sent_us).max() else {
-        return EarlySoldOut::default();
-    };
+    let sales = results.first().map_or(0, |r| r.last_win_sent_us.len());
+    let last_win: Vec<Option<u64>> = (0..sales)
+        .map(|s| results.iter().filter_map(|r| r.last_win_sent_us[s]).max())
+        .collect();
     let mut e = EarlySoldOut::default();
     for r in results {
-        let n = r.sold_out_at_us.partition_point(|&t| t < last_win);
+        let early = |&(t, s): &(u64, u32)| last_win[s as usize].is_some_and(|w| t < w);
+        let n = r.sold_out_at_us.iter().filter(|x| early(x)).count();
         e.count += n as u64;
+        // All kept times early, and the list full: there may be more than counted.
         e.at_least |= n == r.times_max;
     }
     e
@@ -262,7 +277,8 @@ fn build_report(
     let duration_s = duration_s.max(1e-6);
     Ok(Report {
         targets: args.targets.iter().map(|t| t.to_string()).collect(),
-        sale: args.sale.to_string(),
+        sale: args.sale().to_string(),
+        sales: args.sales.len(),
         endpoint: args.endpoint,
         users: args.users,
         connections: shared.progress.len() as u64,

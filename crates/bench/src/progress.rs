@@ -62,7 +62,7 @@ pub async fn sample_stock(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let args = &shared.args;
-        if let Ok(s) = crate::check::read_sale(&args.targets, args.sale.as_str()).await {
+        if let Ok((s, _)) = crate::check::read_sales(&args.targets, &args.sales).await {
             let second = shared.started.elapsed().as_secs() as u32;
             shared.timeline.set_available(second, s.available);
         }

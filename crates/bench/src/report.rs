@@ -73,7 +73,10 @@ pub struct Payments {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub targets: Vec<String>,
+    /// The (first) sale.
     pub sale: String,
+    /// How many sales the users spread over (`--sale A,B,…`).
+    pub sales: usize,
     pub endpoint: crate::args::Endpoint,
     pub users: u64,
     pub connections: u64,
@@ -140,7 +143,11 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "bench: sale {} via {} on {} ({} users, {} connections)",
-            self.sale,
+            if self.sales > 1 {
+                format!("{} and {} more (by popularity)", self.sale, self.sales - 1)
+            } else {
+                self.sale.clone()
+            },
             match self.endpoint {
                 crate::args::Endpoint::Reservations => "reservations",
                 crate::args::Endpoint::BuyTicket => "/buy/ticket",

@@ -53,10 +53,15 @@ pub struct DemoArgs {
     #[arg(long, env = "TICKETRUSH_USERS", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..=USERS_MAX))]
     users: u64,
-    /// Tickets on sale.
+    /// Tickets on sale (per sale, with --sales).
     #[arg(long, env = "TICKETRUSH_TICKETS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=SALE_TOTAL_MAX))]
     tickets: u64,
+    /// Sales (trains) on sale at once, 1–1,024: each user picks one by a skewed popularity
+    /// (the i-th is 1/i as popular as the first), so some sell out in seconds and others never.
+    #[arg(long, env = "TICKETRUSH_SALES", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    sales: u64,
     /// Selling nodes; node i has weight i in the gateway.
     #[arg(long, env = "TICKETRUSH_NODES", default_value_t = 4,
           value_parser = clap::value_parser!(u64).range(1..=DEMO_NODES_MAX))]
@@ -92,20 +97,31 @@ pub struct DemoArgs {
 /// was cut short, or `interrupt` completed first. Everything started is stopped either way.
 pub async fn demo(args: DemoArgs, interrupt: impl Future<Output = ()>) -> anyhow::Result<()> {
     let sale = fresh_sale_id("demo");
+    // With --sales N: N sales under one fresh prefix, the most popular first.
+    let sales: Vec<SaleId> = if args.sales == 1 {
+        vec![sale.clone()]
+    } else {
+        (1..=args.sales)
+            .map(|i| SaleId::parse(&format!("{sale}-{i}")).expect("a fresh id plus a number"))
+            .collect()
+    };
+    let sale = sales[0].clone();
     // Declared before the stores, so it is dropped (and the dir removed) after them.
     let data_dir = match &args.redis {
         Some(_) => None,
         None => Some(DataDir::new(args.data_dir.clone())?),
     };
     let stores = Stores::open(&args, data_dir.as_ref()).await?;
-    create_sale(stores.admin.as_ref(), &sale, args.tickets).await?;
+    for s in &sales {
+        create_sale(stores.admin.as_ref(), s, args.tickets).await?;
+    }
 
     let mut tier = Tier::default();
     let run = async {
         let gateway = tier.start(&stores, &sale, args.nodes as u32).await?;
         print_header(&args, &sale, &stores.label, &tier, gateway);
         tokio::select! {
-            report = ticketrush_bench::run(bench_args(&args, &sale, gateway)) => report,
+            report = ticketrush_bench::run(bench_args(&args, &sales, gateway)) => report,
             () = interrupt => bail!("interrupted"),
         }
     }
@@ -113,18 +129,78 @@ pub async fn demo(args: DemoArgs, interrupt: impl Future<Output = ()>) -> anyhow
     tier.stop().await;
     let report = run?;
 
-    let audit = match &stores.embedded {
-        Some(store) => {
-            crate::orders_cmd::audit_embedded(store, &sale, ORDERS_CATCH_UP_WAIT).await?
-        }
-        None => audit(stores.admin.as_ref(), &sale).await?,
-    };
+    let mut audits = Vec::with_capacity(sales.len());
+    for s in &sales {
+        let a = match &stores.embedded {
+            Some(store) => {
+                crate::orders_cmd::audit_embedded(store, s, ORDERS_CATCH_UP_WAIT).await?
+            }
+            None => audit(stores.admin.as_ref(), s).await?,
+        };
+        audits.push(a);
+    }
     println!("{report}");
     println!();
     print_nodes(&tier.nodes, &report);
     println!();
-    crate::orders_cmd::print_report(&sale, &audit);
-    verdict(&args, &report, &audit)
+    if sales.len() == 1 {
+        crate::orders_cmd::print_report(&sale, &audits[0]);
+    } else {
+        print_sales(&sales, &audits, args.tickets);
+    }
+    let failed: Vec<&SaleId> = sales
+        .iter()
+        .zip(&audits)
+        .filter(|(_, a)| !a.passed())
+        .map(|(s, _)| s)
+        .collect();
+    for (s, a) in sales.iter().zip(&audits).filter(|(_, a)| !a.passed()) {
+        crate::orders_cmd::print_report(s, a);
+    }
+    let violations: u64 = audits.iter().map(|a| a.violation_count).sum();
+    verdict(&args, &report, failed.len(), violations)
+}
+
+/// Each sale (the most popular first): sold of its tickets, and the audit; past 20 sales, the
+/// first 10 and the last 5, and a summary of all.
+fn print_sales(sales: &[SaleId], audits: &[AuditReport], tickets: u64) {
+    println!("sales (the most popular first):");
+    let line = |s: &SaleId, a: &AuditReport| {
+        let sold = a.reserved + a.paid;
+        let state = if sold == tickets { "sold out" } else { "open" };
+        let verdict = if a.passed() {
+            "audit passed"
+        } else {
+            "AUDIT FAILED"
+        };
+        println!(
+            "  {:<28} sold {:>9} of {:>9}  {state:<8}  {verdict}",
+            s.as_str(),
+            thousands(sold),
+            thousands(tickets)
+        );
+    };
+    for (i, (s, a)) in sales.iter().zip(audits).enumerate() {
+        if sales.len() <= 20 || i < 10 || i >= sales.len() - 5 {
+            line(s, a);
+        } else if i == 10 {
+            println!("  … {} more", sales.len() - 15);
+        }
+    }
+    let sold_out = audits
+        .iter()
+        .filter(|a| a.reserved + a.paid == tickets)
+        .count();
+    let passed = audits.iter().filter(|a| a.passed()).count();
+    println!(
+        "{} sales: {sold_out} sold out, {} still open; audit passed for {passed} of {}",
+        sales.len(),
+        sales.len() - sold_out,
+        sales.len()
+    );
+    if passed == sales.len() {
+        println!("PASSED");
+    }
 }
 
 /// A sale id no earlier run used: `PREFIX-` and 8 random characters.
@@ -385,11 +461,12 @@ async fn audit(store: &dyn Store, sale: &SaleId) -> anyhow::Result<AuditReport> 
     Ok(audit_sale(&snap.view, &snap.reservations, None))
 }
 
-fn bench_args(args: &DemoArgs, sale: &SaleId, gateway: SocketAddr) -> ticketrush_bench::Args {
+fn bench_args(args: &DemoArgs, sales: &[SaleId], gateway: SocketAddr) -> ticketrush_bench::Args {
     let target = Target {
         authority: gateway.to_string(),
     };
-    let mut b = ticketrush_bench::Args::new(vec![target], sale.clone(), args.users);
+    let mut b = ticketrush_bench::Args::new(vec![target], sales[0].clone(), args.users);
+    b.sales = sales.to_vec();
     b.connections = args.connections;
     b.max_seconds = args.max_seconds;
     b.json = args.json.clone();
@@ -400,9 +477,17 @@ fn bench_args(args: &DemoArgs, sale: &SaleId, gateway: SocketAddr) -> ticketrush
 }
 
 fn print_header(args: &DemoArgs, sale: &SaleId, store: &str, tier: &Tier, gateway: SocketAddr) {
+    let what = if args.sales == 1 {
+        format!("sale {sale}, {} tickets", thousands(args.tickets))
+    } else {
+        format!(
+            "{} sales from {sale}, {} tickets each",
+            args.sales,
+            thousands(args.tickets)
+        )
+    };
     println!(
-        "demo: sale {sale}, {} tickets, {} users over {} connections",
-        thousands(args.tickets),
+        "demo: {what}, {} users over {} connections",
         thousands(args.users),
         args.connections
     );
@@ -450,21 +535,25 @@ fn print_nodes(nodes: &[DemoNode], report: &Report) {
 }
 
 /// The last line, and the exit status: the audit, the generator's check, a complete run.
-fn verdict(args: &DemoArgs, report: &Report, audit: &AuditReport) -> anyhow::Result<()> {
+fn verdict(
+    args: &DemoArgs,
+    report: &Report,
+    audits_failed: usize,
+    violations: u64,
+) -> anyhow::Result<()> {
     let sold = report.succeeded;
     let summary = format!(
         "{} of {} tickets sold to {} users in {:.2} s: {} req/s, p99 {:.3} ms",
         thousands(sold),
-        thousands(args.tickets),
+        thousands(args.tickets * args.sales),
         thousands(args.users),
         report.duration_s,
         thousands(report.rps.round() as u64),
         report.latency_ms.p99
     );
-    let failure = if !audit.passed() {
+    let failure = if audits_failed > 0 {
         Some(format!(
-            "the audit found {} violation(s)",
-            audit.violation_count
+            "the audit found {violations} violation(s) in {audits_failed} sale(s)"
         ))
     } else if !report.passed() {
         Some(format!(

@@ -244,3 +244,41 @@ fn bad_demo_flags_exit_2() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--nodes"), "{stderr}");
 }
+
+/// Many trains at once: users pick a sale by a skewed popularity, the popular ones sell out,
+/// the rest stay open; every sale is audited, and the generator's check holds over all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_many_sales_audits_each() {
+    let tmp = TempDir::new("demo-sales");
+    let args = [
+        "--sales",
+        "12",
+        "--tickets",
+        "60",
+        "--users",
+        "1500",
+        "--nodes",
+        "2",
+        "--max-seconds",
+        "60",
+    ];
+    let run = demo(&args, &tmp.0).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("12 sales:"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("audit passed for 12 of 12"),
+        "{}",
+        run.stdout
+    );
+    // The most popular train sells out; the least popular does not (1,500 users over 12
+    // trains by Zipf: the last gets about 40 of its 60).
+    let line = |i: usize| {
+        run.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("demo-") && l.contains(&format!("-{i} ")))
+            .unwrap_or_else(|| panic!("no line for sale {i}: {}", run.stdout))
+            .to_string()
+    };
+    assert!(line(1).contains("sold out"), "{}", line(1));
+    assert!(line(12).contains("open"), "{}", line(12));
+}

@@ -311,3 +311,36 @@ async fn seeds_are_tried_in_order() {
     .unwrap();
     assert_eq!(store.create_sale(spec).await.unwrap().available, 5);
 }
+
+/// `demo --sales` over a three-master cluster: many trains spread over the masters, each
+/// audited from the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_sells_many_trains_over_a_cluster() {
+    let cluster = RedisCluster::start();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketrush"))
+        .args([
+            "demo",
+            "--redis",
+            &cluster.url(),
+            "--sales",
+            "9",
+            "--tickets",
+            "40",
+        ])
+        .args(["--users", "1200", "--nodes", "2", "--connections", "20"])
+        .args(["--max-seconds", "60"])
+        .env_remove("TICKETRUSH_LOG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("demo finished within 120 s")
+        .expect("run demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("audit passed for 9 of 9"), "{text}");
+}
