@@ -18,8 +18,9 @@ use crate::args::Target;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read buffer of a load connection: several answers' worth.
 const READ_BUF_BYTES: usize = 8 * 1024;
-/// Largest answer body read (a sale object or a reservation is a few hundred bytes).
-pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest answer body read: the list of every sale (`GET /api/v1/sales`, about 250 bytes a
+/// sale, at most 1,024 sales) with room to spare.
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 
 /// One HTTP/1 connection's two halves: the caller polls `conn` itself (in the same task as its
 /// requests, see `conn.rs`), so no request costs a wake-up of another task.

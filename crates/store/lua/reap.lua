@@ -2,9 +2,11 @@
 -- Expires due holds of this sale (earliest first) and takes back its lapsed first-version
 -- leases.
 -- Idempotent and safe on every node at once: a hold leaves the due index when it settles.
--- Answers {'OK', expired, leases reclaimed}.
+-- Answers {'OK', expired, leases reclaimed, next_ms}: next_ms is when this sale next needs a
+-- pass, the earliest remaining deadline, but no later than now + hold_ms (a hold made from now
+-- on is due no sooner), and soon while first-version leases remain.
 if redis.call('EXISTS', K_SALE) == 0 then
-  return {'OK', '0', '0'}
+  return {'OK', '0', '0', '0'}
 end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
@@ -18,4 +20,13 @@ for _, id in ipairs(due) do
     redis.call('ZREM', K_DUE, id)
   end
 end
-return {'OK', fmt(expired), fmt(reclaim_lapsed(now))}
+local reclaimed = reclaim_lapsed(now)
+local next_ms = now + tonumber(redis.call('HGET', K_SALE, 'hold_ms'))
+local first = redis.call('ZRANGE', K_DUE, 0, 0, 'WITHSCORES')
+if first[2] then
+  next_ms = math.min(next_ms, tonumber(first[2]))
+end
+if redis.call('HLEN', K_LEASES) > 0 then
+  next_ms = math.min(next_ms, now + 1000)
+end
+return {'OK', fmt(expired), fmt(reclaimed), fmt(next_ms)}

@@ -239,6 +239,10 @@ pub struct RedisStore {
     calls: AtomicU64,
     /// Reaper passes so far: where the next pass starts in the list of sales.
     reap_turn: AtomicU64,
+    /// When each sale next needs a reaper pass (Redis clock, ms), as its last pass answered:
+    /// a pass skips the sales not due, so a store of many sales costs a call per sale only
+    /// when a hold of it is due, not every pass (bounded by `SALES_MAX` entries).
+    next_reap: std::sync::Mutex<std::collections::HashMap<SaleId, i64>>,
 }
 
 impl RedisStore {
@@ -254,6 +258,7 @@ impl RedisStore {
             config,
             calls: AtomicU64::new(0),
             reap_turn: AtomicU64::new(0),
+            next_reap: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -465,12 +470,29 @@ impl RedisStore {
         let max_s = max.to_string();
         let sales = self.sale_ids().await?;
         let start = self.reap_turn.fetch_add(1, Relaxed) as usize;
+        let now = self.now().0;
         let mut last_error = None;
         let mut failed = 0;
         for i in 0..sales.len() {
             let sale = &sales[(start + i) % sales.len()];
+            let due = self
+                .next_reap
+                .lock()
+                .expect("next_reap lock")
+                .get(sale)
+                .is_none_or(|t| *t <= now);
+            if !due {
+                continue;
+            }
             let counts = match self.run(&self.scripts.reap, sale, &[&max_s]).await {
-                Ok(r) if r.len() == 2 => (parse_num(&r[0])?, parse_num(&r[1])?),
+                Ok(r) if r.len() == 3 => {
+                    let next = parse_num(&r[2])?;
+                    self.next_reap
+                        .lock()
+                        .expect("next_reap lock")
+                        .insert(sale.clone(), next);
+                    (parse_num(&r[0])?, parse_num(&r[1])?)
+                }
                 Ok(r) => return Err(bad_reply("reap", &r)),
                 Err(e) => {
                     failed += 1;
