@@ -8,6 +8,8 @@
 #   bench/many-sales.sh            SALES=1000 TICKETS=500 USERS=2000000 NODES=4 CONNS=96
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 SALES=${SALES:-1000}
 TICKETS=${TICKETS:-500}
 USERS=${USERS:-2000000}
@@ -26,8 +28,6 @@ cleanup() {
   rm -rf "$OUT"
 }
 trap cleanup EXIT
-field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
-wait_url() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 cpu() { redis-cli -p "$1" INFO cpu | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.3f", s}'; }
 metric() {
   for i in $(seq "$NODES"); do curl -s "http://127.0.0.1:$((BASE + i))/metrics"; done |

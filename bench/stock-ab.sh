@@ -13,6 +13,8 @@
 #   BEFORE=/tmp/ticketrush-before bench/stock-ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 : "${BEFORE:?set BEFORE to the older ticketrush binary}"
 NODES=${NODES:-3}
 TICKETS=${TICKETS:-100000}
@@ -35,9 +37,6 @@ cleanup() {
   rm -rf "$OUT"
 }
 trap cleanup EXIT
-field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
-p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
-wait_url() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 targets() { for i in $(seq "$1"); do printf -- "--target http://127.0.0.1:%d " $((BASE + i)); done; }
 line() {
   printf '%-8s %-12s rps %8.0f  p99 %7.3f ms  sold_out %6s  early_sold_out %6s  tail %s ms\n' \

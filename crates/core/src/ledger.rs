@@ -472,68 +472,11 @@ impl Ledger {
                 reservation: r,
                 lease,
                 idempotency_key,
-            } => {
-                if self.reservations.contains_key(&r.id) {
-                    return Err(err("reservation exists"));
-                }
-                let book = self
-                    .books
-                    .get_mut(&r.sale_id)
-                    .ok_or_else(|| err("no sale"))?;
-                if *lease == 0 {
-                    if book.pool == 0 {
-                        return Err(err("the pool has no ticket left"));
-                    }
-                    book.pool -= 1;
-                } else {
-                    // A first-version journal: the ticket came from a node's lease.
-                    let l = book.leases.get_mut(lease).ok_or_else(|| err("no lease"))?;
-                    if l.remaining == 0 {
-                        return Err(err("lease has no ticket left"));
-                    }
-                    l.remaining -= 1;
-                    book.leased -= 1;
-                }
-                book.reserved += 1;
-                *book.active.entry(r.user_id.clone()).or_insert(0) += 1;
-                if let Some(key) = idempotency_key {
-                    book.idempotency
-                        .insert((r.user_id.clone(), key.clone()), r.id.clone());
-                }
-                book.due.insert((r.expires_at, r.id.clone()));
-                self.reservations.insert(r.id.clone(), r.clone());
-            }
+            } => self.insert_reservation(r, idempotency_key.as_ref(), *lease)?,
             Event::Restored {
                 reservation: r,
                 idempotency_key,
-            } => {
-                if self.reservations.contains_key(&r.id) {
-                    return Err(err("reservation exists"));
-                }
-                let book = self
-                    .books
-                    .get_mut(&r.sale_id)
-                    .ok_or_else(|| err("no sale"))?;
-                if r.state.holds_ticket() {
-                    if book.pool == 0 {
-                        return Err(err("the pool has no ticket left"));
-                    }
-                    book.pool -= 1;
-                    *book.active.entry(r.user_id.clone()).or_insert(0) += 1;
-                    match r.state {
-                        ReservationState::Reserved => {
-                            book.reserved += 1;
-                            book.due.insert((r.expires_at, r.id.clone()));
-                        }
-                        _ => book.paid += 1,
-                    }
-                }
-                if let Some(key) = idempotency_key {
-                    book.idempotency
-                        .insert((r.user_id.clone(), key.clone()), r.id.clone());
-                }
-                self.reservations.insert(r.id.clone(), r.clone());
-            }
+            } => self.insert_reservation(r, idempotency_key.as_ref(), 0)?,
             Event::Paid { id, at, .. } => {
                 let r = self.reserved_mut(id)?;
                 r.state = ReservationState::Paid;
@@ -553,6 +496,54 @@ impl Ledger {
                 self.release_hold(id, *at, ReservationState::Expired)?
             }
         }
+        Ok(())
+    }
+
+    /// A new reservation in the state it carries (`Reserved`: a new hold; `Restored`: a
+    /// compacted record in any state). A ticket it holds comes from `lease` (first-version
+    /// journals) or, with 0, from the pool. Checks everything before it changes anything.
+    fn insert_reservation(
+        &mut self,
+        r: &Reservation,
+        key: Option<&IdempotencyKey>,
+        lease: LeaseId,
+    ) -> Result<(), ApplyError> {
+        let err = |m: &str| ApplyError(m.to_string());
+        if self.reservations.contains_key(&r.id) {
+            return Err(err("reservation exists"));
+        }
+        let book = self
+            .books
+            .get_mut(&r.sale_id)
+            .ok_or_else(|| err("no sale"))?;
+        if r.state.holds_ticket() {
+            if lease == 0 {
+                if book.pool == 0 {
+                    return Err(err("the pool has no ticket left"));
+                }
+                book.pool -= 1;
+            } else {
+                // A first-version journal: the ticket came from a node's lease.
+                let l = book.leases.get_mut(&lease).ok_or_else(|| err("no lease"))?;
+                if l.remaining == 0 {
+                    return Err(err("lease has no ticket left"));
+                }
+                l.remaining -= 1;
+                book.leased -= 1;
+            }
+            *book.active.entry(r.user_id.clone()).or_insert(0) += 1;
+            if r.state == ReservationState::Reserved {
+                book.reserved += 1;
+                book.due.insert((r.expires_at, r.id.clone()));
+            } else {
+                book.paid += 1;
+            }
+        }
+        if let Some(key) = key {
+            book.idempotency
+                .insert((r.user_id.clone(), key.clone()), r.id.clone());
+        }
+        self.reservations.insert(r.id.clone(), r.clone());
         Ok(())
     }
 

@@ -395,32 +395,28 @@ struct Statements<'t> {
 }
 
 impl Statements<'_> {
+    /// A reservation's row as it was made (`reserved`); nothing if the row exists.
+    fn insert_row(&mut self, r: &ticketrush_core::Reservation) -> rusqlite::Result<()> {
+        self.insert.execute(params![
+            r.id.as_str(),
+            r.sale_id.as_str(),
+            r.user_id.as_str(),
+            r.created_at.to_rfc3339(),
+            r.expires_at.to_rfc3339(),
+            r.created_at.to_rfc3339(),
+        ])?;
+        Ok(())
+    }
+
     /// One event's effect on the rows. The journal is ordered, so a reservation's row exists
     /// before any event that settles it.
     fn apply(&mut self, ev: &Event) -> rusqlite::Result<()> {
         let (id, state, at) = match ev {
-            Event::Reserved { reservation: r, .. } => {
-                self.insert.execute(params![
-                    r.id.as_str(),
-                    r.sale_id.as_str(),
-                    r.user_id.as_str(),
-                    r.created_at.to_rfc3339(),
-                    r.expires_at.to_rfc3339(),
-                    r.updated_at.to_rfc3339(),
-                ])?;
-                return Ok(());
-            }
+            Event::Reserved { reservation: r, .. } => return self.insert_row(r),
             // A compacted journal's record: the row as it stands (inserted if missing, then
             // moved forward to its state as any settle is).
             Event::Restored { reservation: r, .. } => {
-                self.insert.execute(params![
-                    r.id.as_str(),
-                    r.sale_id.as_str(),
-                    r.user_id.as_str(),
-                    r.created_at.to_rfc3339(),
-                    r.expires_at.to_rfc3339(),
-                    r.created_at.to_rfc3339(),
-                ])?;
+                self.insert_row(r)?;
                 if r.state == ReservationState::Reserved {
                     return Ok(());
                 }
