@@ -147,7 +147,11 @@ impl BatchLoop {
                 }
             }
             // Refusals applied nothing: there is nothing to look up.
-            Err(e @ (StoreError::Ledger(_) | StoreError::Refused(_))) => {
+            // Applied but not replicated: answered unavailable with the ids, not looked up
+            // (the master has them, but they are not acknowledged).
+            Err(
+                e @ (StoreError::Ledger(_) | StoreError::Refused(_) | StoreError::NotReplicated(_)),
+            ) => {
                 for p in batch {
                     let _ = p.reply.send(Err(e.clone()));
                 }

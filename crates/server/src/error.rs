@@ -166,6 +166,13 @@ impl From<StoreError> for ApiError {
                 log_unavailable(&m);
                 ApiError::unavailable(format!("{m}; retry shortly"))
             }
+            StoreError::NotReplicated(m) => {
+                log_unavailable(&m);
+                ApiError::unavailable(
+                    "the store applied the change but could not replicate it in time; \
+                     look it up or retry shortly",
+                )
+            }
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod embedded;
 pub mod journal;
 pub mod orders_table;
+pub mod redis_cluster;
 pub mod redis_store;
 pub mod verify;
 
@@ -42,6 +43,12 @@ pub enum StoreError {
     /// caller may retry later.
     #[error("store busy: {0}")]
     Refused(String),
+    /// The change was applied on the Redis master but fewer replicas than required confirmed
+    /// it (`--redis-wait-replicas`): a failover now could lose it, so it is not acknowledged.
+    /// The caller answers 503 naming what was changed; looking it up on the master would
+    /// wrongly confirm it.
+    #[error("not replicated: {0}")]
+    NotReplicated(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

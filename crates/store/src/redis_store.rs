@@ -31,6 +31,7 @@ use ticketrush_core::{
     ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
 };
 
+use crate::redis_cluster::ClusterConn;
 use crate::{BatchOutcome, BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
 
 /// The set of every sale id; not in any sale's slot.
@@ -66,7 +67,13 @@ pub struct RedisConfig {
     /// with its stream kept for them (the writer flag and the consumer group), so no event is
     /// trimmed before a writer reads it, even if PostgreSQL is down when the sale begins.
     pub orders: bool,
+    /// Replicas that must confirm each write (a sale created, a batch of reservations, a
+    /// payment or cancellation) before it is acknowledged, with Redis's `WAIT`; 0 = none.
+    pub wait_replicas: u32,
 }
+
+/// Longest a write waits for its replicas (`WAIT`'s timeout) before it is answered 503.
+pub const WAIT_REPLICAS_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl RedisConfig {
     pub fn new(url: impl Into<String>) -> RedisConfig {
@@ -75,6 +82,7 @@ impl RedisConfig {
             op_timeout: OP_TIMEOUT_DEFAULT,
             events_backlog_max: EVENTS_BACKLOG_MAX,
             orders: false,
+            wait_replicas: 0,
         }
     }
 }
@@ -130,13 +138,14 @@ pub fn sale_of(id: &ReservationId) -> Option<SaleId> {
 }
 
 /// A connection to a single Redis (the manager reconnects by itself) or to a Redis Cluster
-/// (routes each command by its key's slot, follows MOVED and ASK, refreshes its slot map and
-/// reconnects by itself). Every script touches one sale's keys, all in one slot, and every
-/// plain command one key, so both run the same calls.
+/// ([`ClusterConn`]: routes each command by its key's slot, follows MOVED and ASK, refreshes
+/// its slot map and reconnects by itself, one master's failure confined to that master's
+/// calls). Every script touches one sale's keys, all in one slot, and every plain command
+/// one key, so both run the same calls.
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(ClusterConn),
 }
 
 impl Conn {
@@ -182,13 +191,10 @@ impl Conn {
         if !info.contains("cluster_enabled:1") {
             return Ok(Conn::Single(single));
         }
-        let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(3)
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("bad redis cluster url: {e}")))?;
-        let cluster = tokio::time::timeout(timeout * 2, client.get_async_connection())
+        // This node first: it answered, the others are fallbacks.
+        let mut ordered = vec![url];
+        ordered.extend(seeds.iter().copied().filter(|s| s != &url));
+        let cluster = tokio::time::timeout(timeout * 2, ClusterConn::connect(&ordered, timeout))
             .await
             .map_err(|_| StoreError::Unavailable("redis cluster did not answer".into()))?
             .map_err(unavailable)?;
@@ -197,6 +203,22 @@ impl Conn {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
+    }
+
+    /// `WAIT replicas timeout` on the connection the writes to `key` went over, so it covers
+    /// them; answers how many replicas confirmed.
+    pub async fn wait_replicas(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<i64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Conn::Single(c) => wait.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => c.on_node_of(key, &wait).await,
+        }
     }
 }
 
@@ -285,6 +307,31 @@ impl RedisStore {
                 self.config.op_timeout
             ))),
         }
+    }
+
+    /// `run` for a script that changes what a client is told (a sale created, reservations,
+    /// a payment or cancellation): with `wait_replicas`, answered only once that many replicas
+    /// have the change.
+    async fn run_write(
+        &self,
+        script: &Script,
+        sale: &SaleId,
+        args: &[&str],
+    ) -> StoreResult<Vec<String>> {
+        let reply = self.run(script, sale, args).await?;
+        let wanted = self.config.wait_replicas;
+        if wanted > 0 {
+            let key = &sale_keys(sale)[0];
+            let confirmed = self
+                .bounded(self.conn.wait_replicas(key, wanted, WAIT_REPLICAS_TIMEOUT))
+                .await?;
+            if confirmed < i64::from(wanted) {
+                return Err(StoreError::NotReplicated(format!(
+                    "{confirmed} of {wanted} replica(s) confirmed within {WAIT_REPLICAS_TIMEOUT:?}"
+                )));
+            }
+        }
+        Ok(reply)
     }
 
     /// Calls a script on a sale's keys; answers the fields after 'OK', or the refusal.
@@ -415,7 +462,7 @@ impl RedisStore {
         let limit = spec.per_user_limit.to_string();
         let hold_ms = spec.hold_ms().to_string();
         let group = if self.config.orders { ORDERS_GROUP } else { "" };
-        self.run(
+        self.run_write(
             &self.scripts.create_sale,
             &spec.id,
             &[&spec_json, &total, &limit, &hold_ms, group],
@@ -443,7 +490,7 @@ impl RedisStore {
             args.push(it.idempotency_key.as_ref().map_or("", |k| k.as_str()));
         }
         let reply = self
-            .run(&self.scripts.reserve_batch, sale_id, &args)
+            .run_write(&self.scripts.reserve_batch, sale_id, &args)
             .await?;
         if reply.len() != 3 + items.len() {
             return Err(bad_reply("reserve_batch", &reply));
@@ -520,7 +567,7 @@ impl RedisStore {
     ) -> StoreResult<Reservation> {
         let sale = sale_of(id).ok_or(LedgerError::ReservationNotFound)?;
         let r = self
-            .run(
+            .run_write(
                 &self.scripts.settle,
                 &sale,
                 &[id.as_str(), user_id.as_str(), action],

@@ -74,7 +74,7 @@ pub struct DemoArgs {
     /// per node, as separate processes would have. The sale's keys stay in Redis.
     #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url,
           conflicts_with = "data_dir")]
-    redis: Option<String>,
+    redis: Vec<String>,
     /// Keep the embedded store's journal in this directory (default: a fresh temp dir,
     /// removed at the end).
     #[arg(long, env = "TICKETRUSH_DATA_DIR")]
@@ -107,7 +107,7 @@ pub async fn demo(args: DemoArgs, interrupt: impl Future<Output = ()>) -> anyhow
     };
     let sale = sales[0].clone();
     // Declared before the stores, so it is dropped (and the dir removed) after them.
-    let data_dir = match &args.redis {
+    let data_dir = match &crate::redis_urls(&args.redis) {
         Some(_) => None,
         None => Some(DataDir::new(args.data_dir.clone())?),
     };
@@ -261,7 +261,7 @@ struct Stores {
 
 impl Stores {
     async fn open(args: &DemoArgs, dir: Option<&DataDir>) -> anyhow::Result<Stores> {
-        if let Some(url) = &args.redis {
+        if let Some(url) = &crate::redis_urls(&args.redis) {
             let shown = crate::redact_url(url);
             let connect = || async {
                 let store = RedisStore::connect(RedisConfig::new(url.clone()))

@@ -25,6 +25,9 @@ use ticketrush_server::limits::{
 use ticketrush_server::NodeConfig;
 use ticketrush_store::{EmbeddedStore, RedisConfig, RedisStore, Store, StoreError};
 
+/// Most replicas a write may be required to reach (`--redis-wait-replicas`).
+const REDIS_WAIT_REPLICAS_MAX: i64 = 5;
+
 /// mimalloc: per-thread free lists make the many small allocations of HTTP handling cheaper
 /// than glibc's arenas (measured in BENCHMARKS.md).
 #[global_allocator]
@@ -109,9 +112,17 @@ struct ServeArgs {
     #[arg(long, env = "TICKETRUSH_LEASE_SECONDS", hide = true)]
     lease_seconds: Option<u64>,
     /// Cluster mode: keep the global stock in this Redis (redis://HOST:PORT[/DB]) instead of
-    /// the embedded store; any number of nodes may share one Redis.
+    /// the embedded store; any number of nodes may share one Redis. For a Redis Cluster, any
+    /// one node's URL is enough; more (the flag repeated, or URLs separated by commas) are
+    /// seeds tried in order.
     #[arg(long, env = "TICKETRUSH_REDIS", value_parser = parse_redis_url)]
-    redis: Option<String>,
+    redis: Vec<String>,
+    /// Replicas (of the sale's master) that must confirm every reservation, payment,
+    /// cancellation and new sale before it is acknowledged (Redis `WAIT`, at most 500 ms; if
+    /// fewer confirm, the client gets 503 naming the reservation). 0 trusts the master alone.
+    #[arg(long, env = "TICKETRUSH_REDIS_WAIT_REPLICAS", default_value_t = 0, requires = "redis",
+          value_parser = clap::value_parser!(u32).range(0..=REDIS_WAIT_REPLICAS_MAX))]
+    redis_wait_replicas: u32,
     /// Write orders to this PostgreSQL (postgres://USER@HOST:PORT/DB): the node runs an order
     /// writer that follows the sales' event streams in Redis (needs --redis).
     #[arg(long, env = "TICKETRUSH_POSTGRES", requires = "redis", value_parser = orders_cmd::parse_postgres_url)]
@@ -308,11 +319,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let started = ticketrush_server::start(config, store);
     let writer = args.postgres.as_ref().map(|pg| {
-        let redis = args
-            .redis
-            .as_deref()
-            .expect("clap requires --redis with --postgres");
-        orders_cmd::start_writer(redis, pg, &node_id, &started.node.metrics)
+        let redis = redis_urls(&args.redis).expect("clap requires --redis with --postgres");
+        orders_cmd::start_writer(&redis, pg, &node_id, &started.node.metrics)
     });
     // The one line on stdout: tests and scripts read the address from it.
     println!("ticketrush listening on http://{addr} as {node_id}");
@@ -328,9 +336,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The embedded store in `--data-dir`, or Redis with `--redis`.
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(url) = &args.redis {
+    if let Some(url) = &redis_urls(&args.redis) {
         let config = RedisConfig {
             orders: args.postgres.is_some(),
+            wait_replicas: args.redis_wait_replicas,
             ..RedisConfig::new(url.clone())
         };
         let store = RedisStore::connect(config)
@@ -352,6 +361,11 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
         "embedded store opened"
     );
     Ok(Arc::new(store))
+}
+
+/// The `--redis` URLs given (the flag repeated, or commas), as one comma-separated list.
+pub(crate) fn redis_urls(given: &[String]) -> Option<String> {
+    (!given.is_empty()).then(|| given.join(","))
 }
 
 /// A Redis URL, or several separated by commas: nodes of one Redis Cluster, each a seed the

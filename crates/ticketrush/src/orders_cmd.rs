@@ -20,9 +20,10 @@ pub struct AuditArgs {
     /// The sale to check.
     #[arg(long, env = "TICKETRUSH_AUDIT_SALE", value_parser = parse_sale_id)]
     sale: SaleId,
-    /// The cluster's Redis (the sale's truth).
+    /// The cluster's Redis (the sale's truth); repeat it (or separate URLs with commas) to
+    /// give several seeds of a Redis Cluster.
     #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url, conflicts_with = "data_dir")]
-    redis: Option<String>,
+    redis: Vec<String>,
     /// The orders database: every reservation must have exactly one row in its state.
     #[arg(long, env = "TICKETRUSH_POSTGRES", requires = "redis", value_parser = parse_postgres_url)]
     postgres: Option<String>,
@@ -39,9 +40,10 @@ pub struct AuditArgs {
 
 #[derive(Args)]
 pub struct OrderWriterArgs {
-    /// The cluster's Redis, whose sale event streams are read.
-    #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url)]
-    redis: String,
+    /// The cluster's Redis, whose sale event streams are read; repeat it (or separate URLs
+    /// with commas) to give several seeds of a Redis Cluster.
+    #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url, required = true)]
+    redis: Vec<String>,
     /// The database of the orders table (created if missing).
     #[arg(long, env = "TICKETRUSH_POSTGRES", value_parser = parse_postgres_url)]
     postgres: String,
@@ -96,7 +98,7 @@ pub async fn order_writer(
         .await
         .context("cannot reach postgres")?;
     let writer = OrderWriter::start(WriterConfig::new(
-        &args.redis,
+        &args.redis.join(","),
         &args.postgres,
         consumer.as_str(),
     ));
@@ -107,7 +109,7 @@ pub async fn order_writer(
 }
 
 pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
-    let report = match (&args.redis, &args.data_dir) {
+    let report = match (&crate::redis_urls(&args.redis), &args.data_dir) {
         (Some(redis), _) => audit_redis(&args, redis).await?,
         (None, Some(dir)) => {
             let (store, _) = EmbeddedStore::open(dir)

@@ -32,6 +32,52 @@ fn master_of(cluster: &RedisCluster, sale: &str) -> usize {
     owners[0]
 }
 
+/// The sales of `sales` that live on master `master`: some, not all (the test's premise).
+fn sales_on(cluster: &RedisCluster, sales: &[String], master: usize) -> Vec<String> {
+    let on: Vec<String> = sales
+        .iter()
+        .filter(|s| master_of(cluster, s) == master)
+        .cloned()
+        .collect();
+    assert!(
+        !on.is_empty() && on.len() < sales.len(),
+        "{on:?} of {sales:?}"
+    );
+    on
+}
+
+/// `workers` buyers reserving round the `sales` (a new user each time) until `stop`; each
+/// answers the (sale, reservation id) pairs it was acknowledged. A 503 must name the
+/// reservation whose outcome it leaves open; any other answer fails the test.
+fn spawn_buyers(
+    c: &crate::support::Client,
+    sales: &[String],
+    workers: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> JoinSet<Vec<(String, String)>> {
+    let mut buyers = JoinSet::new();
+    for w in 0..workers {
+        let (c, sales, stop) = (c.clone(), sales.to_vec(), stop.clone());
+        buyers.spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sale = &sales[(w + i) % sales.len()];
+                let a = c.reserve(sale, &format!("w{w}-{i}")).await;
+                let id = a.body["reservation_id"].as_str().map(str::to_string);
+                match (a.status, id) {
+                    (201, Some(id)) => acked.push((sale.clone(), id)),
+                    (503, Some(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    (other, _) => panic!("{sale}: {other} {:?}", a.body),
+                }
+                i += 1;
+            }
+            acked
+        });
+    }
+    buyers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sales_on_every_master_sell_exactly_through_racing_nodes() {
     let cluster = RedisCluster::start();
@@ -171,6 +217,188 @@ async fn a_master_killed_and_restarted_loses_nothing_while_the_others_sell_on() 
     node.stop().await;
 }
 
+/// A master SIGKILLed while buyers hammer every master: its sales answer 503 quickly, the
+/// other masters' sales keep selling through the outage (the node's calls to live masters
+/// never wait on the dead one), and after the restart on its AOF every acknowledged
+/// reservation is there and no sale is oversold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_burst_stalls_only_its_own_sales() {
+    let mut cluster = RedisCluster::start();
+    let node = cluster_node(&cluster, "burst").await;
+    let c = node.client.clone();
+    let sales: Vec<String> = (0..9).map(|i| format!("b{i}")).collect();
+    for s in &sales {
+        assert_eq!(c.create_sale(s, 100_000, json!({})).await.status, 201);
+    }
+    let victim = 2;
+    let on_victim = sales_on(&cluster, &sales, victim);
+
+    // Buyers on every sale, until told to stop; each remembers what it was acknowledged.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut buyers = spawn_buyers(&c, &sales, 16, &stop);
+    // Let the burst run, then kill the victim under it.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            c.counts(&sales[0]).await.1 >= 50
+        })
+        .await
+    );
+    cluster.masters[victim].kill();
+    let killed = Instant::now();
+
+    // While it is down (with the burst still on): its sales answer 503 within the call
+    // bound, and every other master's sale sells, promptly, again and again.
+    let a = c.reserve(&on_victim[0], "probe-dead").await;
+    assert_eq!(a.status, 503, "{:?}", a.body);
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    let mut live_acked = Vec::new();
+    for round in 0..3 {
+        for s in sales.iter().filter(|s| !on_victim.contains(s)) {
+            let asked = Instant::now();
+            let a = c.reserve(s, &format!("probe-{round}")).await;
+            assert_eq!(
+                a.status, 201,
+                "{s} on a live master, round {round}: {:?}",
+                a.body
+            );
+            assert!(
+                asked.elapsed() < Duration::from_secs(1),
+                "{s} on a live master waited {:?}",
+                asked.elapsed()
+            );
+            live_acked.push(a.body["reservation_id"].as_str().unwrap().to_string());
+        }
+    }
+
+    // Back on its AOF: the node sells the victim's sales again without a restart.
+    cluster.masters[victim].restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            c.reserve(&on_victim[0], "after").await.status == 201
+        })
+        .await,
+        "the node did not recover the restarted master's sales"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    while let Some(r) = buyers.join_next().await {
+        acked.extend(r.unwrap());
+    }
+    let mut acked_per_sale: HashMap<String, u64> = HashMap::new();
+    for (sale, id) in &acked {
+        *acked_per_sale.entry(sale.clone()).or_default() += 1;
+        let a = c.get(&format!("/api/v1/reservations/{id}")).await;
+        assert_eq!(a.status, 200, "acknowledged {id} of {sale} lost");
+    }
+    for id in &live_acked {
+        assert_eq!(
+            c.get(&format!("/api/v1/reservations/{id}")).await.status,
+            200
+        );
+    }
+    assert!(
+        on_victim
+            .iter()
+            .any(|s| acked_per_sale.get(s).copied().unwrap_or(0) > 0),
+        "no reservation on the victim was acknowledged before the kill"
+    );
+    for s in &sales {
+        let (available, reserved, paid, total) = c.counts(s).await;
+        assert_eq!(available + reserved + paid, total, "{s}");
+        assert!(
+            reserved >= acked_per_sale.get(s).copied().unwrap_or(0),
+            "{s}: {reserved} held, more acknowledged"
+        );
+    }
+    node.stop().await;
+}
+
+/// Failover with `WAIT`: three masters with a replica each, a node requiring one replica's
+/// confirmation. The master of some sales is SIGKILLed mid-burst; its replica takes over and
+/// the node finds it without a restart; every acknowledged reservation is on the new master.
+/// The new master has no replica of its own, so its writes are then answered 503 naming the
+/// reservation (not acknowledged) until the old master comes back as its replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_loses_nothing_acknowledged_with_wait_replicas() {
+    let mut cluster = RedisCluster::start_with_replicas();
+    let config_redis = RedisConfig {
+        wait_replicas: 1,
+        ..RedisConfig::new(cluster.url())
+    };
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(config_redis).await.unwrap());
+    let node = TestNode::start_on(config("waiter"), store, TempDir::new("cluster-node")).await;
+    let c = node.client.clone();
+    let sales: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+    for s in &sales {
+        let a = c.create_sale(s, 100_000, json!({})).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+    }
+    let victim = 0;
+    let on_victim = sales_on(&cluster, &sales, victim);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut buyers = spawn_buyers(&c, &on_victim, 8, &stop);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            c.counts(&on_victim[0]).await.1 >= 100
+        })
+        .await
+    );
+    cluster.masters[victim].kill();
+
+    // The replica is promoted (after the 2 s node timeout) and found by the node: the
+    // victim's sales answer again, 503 naming the reservation, since the new master has no
+    // replica to confirm to.
+    let probes = std::sync::atomic::AtomicUsize::new(0);
+    let promoted = wait_until(Duration::from_secs(30), || async {
+        let n = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let a = c.reserve(&on_victim[0], &format!("probe-{n}")).await;
+        a.status == 503
+            && a.body["reservation_id"].is_string()
+            && a.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not replicate"))
+    })
+    .await;
+    assert!(promoted, "the node did not reach the promoted replica");
+    // Other masters (with their replicas) sell as before.
+    for s in sales.iter().filter(|s| !on_victim.contains(s)) {
+        assert_eq!(c.reserve(s, "elsewhere").await.status, 201, "{s}");
+    }
+    // The old master comes back as the new master's replica: writes are acknowledged again.
+    cluster.masters[victim].restart();
+    // A new user each try: a 503 here applied the reservation, so the same user would meet
+    // the per-user limit.
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.reserve(&on_victim[0], &format!("after-{n}")).await.status == 201
+        })
+        .await,
+        "writes were not acknowledged again once the old master replicated"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    while let Some(r) = buyers.join_next().await {
+        acked.extend(r.unwrap());
+    }
+    assert!(acked.len() >= 100, "{} acknowledged", acked.len());
+    for (_, id) in &acked {
+        let a = c.get(&format!("/api/v1/reservations/{id}")).await;
+        assert_eq!(a.status, 200, "acknowledged {id} lost in the failover");
+    }
+    for s in &sales {
+        let (available, reserved, paid, total) = c.counts(s).await;
+        assert_eq!(available + reserved + paid, total, "{s}");
+    }
+    node.stop().await;
+}
+
 /// The slot of a sale moves to another master while buyers keep reserving (MIGRATING /
 /// IMPORTING, MIGRATE, SETSLOT NODE): the client follows ASK and MOVED, no buyer sees an
 /// error, and every ticket is sold exactly once.
@@ -248,8 +476,17 @@ async fn orders_of_every_sale_reach_postgres_and_audit_passes() {
     let db = crate::pg::TestDb::create().await;
     let pg = db.url();
     let (url_a, url_b) = (cluster.masters[0].url(), cluster.masters[2].url());
-    let (_a, ca) =
-        crate::crash::spawn_serve(&["--redis", &url_a, "--postgres", &pg, "--node-id", "pa"]).await;
+    let (_a, ca) = crate::crash::spawn_serve(&[
+        "--redis",
+        &url_a,
+        "--redis",
+        &url_b,
+        "--postgres",
+        &pg,
+        "--node-id",
+        "pa",
+    ])
+    .await;
     let (_b, cb) =
         crate::crash::spawn_serve(&["--redis", &url_b, "--postgres", &pg, "--node-id", "pb"]).await;
     let sales: Vec<String> = (0..6).map(|i| format!("o{i}")).collect();

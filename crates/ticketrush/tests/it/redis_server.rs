@@ -138,12 +138,24 @@ impl Drop for RedisServer {
 /// joined by `redis-cli --cluster create`; killed when dropped.
 pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
+    /// With `start_with_replicas`: one replica per master, `replicas[i]` of `masters[i]`.
+    pub replicas: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::start_nodes(false)
+    }
+
+    /// Three masters, each with one replica (six servers); a master's failure promotes its
+    /// replica after the cluster node timeout (2 s).
+    pub fn start_with_replicas() -> RedisCluster {
+        RedisCluster::start_nodes(true)
+    }
+
+    fn start_nodes(with_replicas: bool) -> RedisCluster {
         let mut masters = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..if with_replicas { 6 } else { 3 } {
             // The bus port (port + 10000) must be free too.
             let port = loop {
                 let p = free_port();
@@ -167,7 +179,8 @@ impl RedisCluster {
         let out = Command::new(redis_cli_binary())
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", if with_replicas { "1" } else { "0" }])
+            .arg("--cluster-yes")
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -176,14 +189,34 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { masters };
+        let (masters, replicas) = if with_replicas {
+            pair_replicas(masters)
+        } else {
+            (masters, Vec::new())
+        };
+        let cluster = RedisCluster { masters, replicas };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster.masters.iter().all(|m| m.cluster_ok()) {
+        while !cluster
+            .masters
+            .iter()
+            .chain(&cluster.replicas)
+            .all(|m| m.cluster_ok())
+        {
             assert!(
                 Instant::now() < deadline,
                 "the cluster did not become ok in 20 s"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+        // Replicas in sync with their masters: a write can be confirmed (WAIT) from now on.
+        for r in &cluster.replicas {
+            while !r
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+            {
+                assert!(Instant::now() < deadline, "a replica did not sync in 20 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         cluster
     }
@@ -191,6 +224,56 @@ impl RedisCluster {
     /// Any one node's URL: the seed a client starts from.
     pub fn url(&self) -> String {
         self.masters[0].url()
+    }
+}
+
+/// Splits the nodes `redis-cli --cluster create` chose into masters and, in the same order,
+/// the replica of each (read from `CLUSTER NODES`).
+fn pair_replicas(nodes: Vec<RedisServer>) -> (Vec<RedisServer>, Vec<RedisServer>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Lines: "<id> <ip:port@bus> <flags> <master id or -> ...".
+        let table = nodes[0].cli(&["CLUSTER", "NODES"]);
+        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split(' ').collect()).collect();
+        let port_of = |row: &Vec<&str>| -> Option<u16> {
+            row.get(1)?
+                .split('@')
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        };
+        let mut pairs = Vec::new();
+        for row in &rows {
+            if row.get(2).is_some_and(|f| f.contains("master")) {
+                let id = row[0];
+                let replica = rows.iter().find(|r| {
+                    r.get(2).is_some_and(|f| f.contains("slave")) && r.get(3) == Some(&id)
+                });
+                if let (Some(m), Some(r)) = (port_of(row), replica.and_then(port_of)) {
+                    pairs.push((m, r));
+                }
+            }
+        }
+        if pairs.len() == 3 {
+            let mut nodes: Vec<Option<RedisServer>> = nodes.into_iter().map(Some).collect();
+            let mut take = |port: u16| {
+                let i = nodes
+                    .iter()
+                    .position(|n| n.as_ref().is_some_and(|n| n.port == port))
+                    .expect("a node of the cluster");
+                nodes[i].take().unwrap()
+            };
+            let masters = pairs.iter().map(|p| take(p.0)).collect();
+            let replicas = pairs.iter().map(|p| take(p.1)).collect();
+            return (masters, replicas);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas not attached in 20 s: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
