@@ -347,7 +347,9 @@ impl Conn<'_> {
             matches!(o, Outcome::Won),
         );
         if let Outcome::Won = o {
-            self.out.last_success = Some(done.saturating_duration_since(self.shared.started));
+            let since = done.saturating_duration_since(self.shared.started);
+            self.shared.timeline.record_win(since);
+            self.out.last_success = Some(since);
             tally(&mut self.out.by_node, a.node.as_ref());
         }
         self.bump(o);

@@ -275,6 +275,7 @@ fn build_report(
     };
     let requests = counts.requests();
     let duration_s = duration_s.max(1e-6);
+    let available_at_start = check.before.as_ref().map(|b| b.available);
     Ok(Report {
         targets: args.targets.iter().map(|t| t.to_string()).collect(),
         sale: args.sale().to_string(),
@@ -307,6 +308,8 @@ fn build_report(
         stopped,
         check,
         timeline: shared.timeline.points(duration_s.ceil() as u32),
+        wins_per_tick: shared.timeline.wins_per_tick(),
+        available_at_start,
     })
 }
 

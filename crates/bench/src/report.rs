@@ -115,6 +115,13 @@ pub struct Report {
     pub check: Check,
     /// Per second: requests, wins, p99 and the sale's available stock (the chart's data).
     pub timeline: Vec<SecondPoint>,
+    /// Wins per 10 ms from the start, up to the last win (the chart's sell-out; not in the
+    /// JSON report).
+    #[serde(skip)]
+    pub wins_per_tick: Vec<u32>,
+    /// The sales' available tickets read before the run, if read.
+    #[serde(skip)]
+    pub available_at_start: Option<u64>,
 }
 
 impl Report {

@@ -109,10 +109,16 @@ struct Slot {
     available: AtomicI64,
 }
 
+/// Steps per second of the wins timeline (10 ms each): fine enough to draw a sell-out that
+/// takes half a second.
+pub const WIN_TICKS_PER_SECOND: u64 = 100;
+
 /// The run's per-second figures, shared by every connection task (written once per second by
-/// each) and the stock sampler.
+/// each) and the stock sampler; and the wins per 10 ms (one atomic add per win: wins are at
+/// most the tickets, not the requests).
 pub struct Timeline {
     slots: Box<[Slot]>,
+    wins: Box<[AtomicU32]>,
 }
 
 /// One second of the run, as reported and charted.
@@ -138,7 +144,29 @@ impl Timeline {
                 available: AtomicI64::new(-1),
             })
             .collect();
-        Timeline { slots }
+        let wins = (0..n as u64 * WIN_TICKS_PER_SECOND)
+            .map(|_| AtomicU32::new(0))
+            .collect();
+        Timeline { slots, wins }
+    }
+
+    /// Counts a win answered `elapsed` after the start (beyond the last tick: in the last).
+    pub fn record_win(&self, elapsed: std::time::Duration) {
+        let tick = (elapsed.as_millis() as u64 * WIN_TICKS_PER_SECOND / 1000) as usize;
+        let i = tick.min(self.wins.len() - 1);
+        self.wins[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Wins per 10 ms tick, up to the last tick with a win.
+    pub fn wins_per_tick(&self) -> Vec<u32> {
+        let mut w: Vec<u32> = self
+            .wins
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let last = w.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+        w.truncate(last);
+        w
     }
 
     fn slot(&self, second: u32) -> &Slot {

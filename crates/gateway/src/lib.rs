@@ -12,12 +12,14 @@
 //! - `proxy` — one request: pick, forward, retry only what was never sent.
 //! - `pool` — keep-alive connections to one node.
 //! - `server` — the accept loop.
+//! - `status` — what the gateway answers itself: `/dashboard`, `/gateway/stats`, `/metrics`.
 
 pub mod limits;
 pub mod nginx;
 mod pool;
 mod proxy;
 mod server;
+mod status;
 pub mod wrr;
 
 use std::future::Future;

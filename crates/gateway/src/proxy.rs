@@ -12,7 +12,7 @@
 //! Failures feed the balancer's passive health checks (`max_fails`, `fail_timeout`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -47,6 +47,24 @@ pub struct Shared {
     /// Per node, whether it has failures on record (written under `balancer`'s lock), so a
     /// success on a healthy node needs no second lock.
     has_fails: Vec<AtomicBool>,
+    /// Per node: requests sent to it (tries), and tries that failed. For `/gateway/stats`
+    /// and `/metrics`.
+    pub(crate) tries: Vec<AtomicU64>,
+    pub(crate) try_failures: Vec<AtomicU64>,
+    pub(crate) max_fails: u32,
+    pub(crate) fail_timeout: std::time::Duration,
+    pub(crate) started: Instant,
+}
+
+/// One node as the gateway sees it now.
+pub(crate) struct NodeView {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub tries: u64,
+    pub failures: u64,
+    pub fails: u32,
+    /// How much longer it is skipped, when it is.
+    pub down_for: Option<std::time::Duration>,
 }
 
 /// Why a try on one node did not produce a response.
@@ -79,7 +97,30 @@ impl Shared {
                 .iter()
                 .map(|_| AtomicBool::new(false))
                 .collect(),
+            tries: config.nodes.iter().map(|_| AtomicU64::new(0)).collect(),
+            try_failures: config.nodes.iter().map(|_| AtomicU64::new(0)).collect(),
+            max_fails: config.max_fails,
+            fail_timeout: config.fail_timeout,
+            started: Instant::now(),
         }
+    }
+
+    /// Every node's figures and health, now.
+    pub(crate) fn node_views(&self) -> Vec<NodeView> {
+        let now = Instant::now();
+        let balancer = self.balancer();
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, pool)| NodeView {
+                addr: pool.addr,
+                weight: balancer.weight(i),
+                tries: self.tries[i].load(Ordering::Relaxed),
+                failures: self.try_failures[i].load(Ordering::Relaxed),
+                fails: balancer.fails(i),
+                down_for: balancer.down_for(i, now),
+            })
+            .collect()
     }
 
     fn balancer(&self) -> std::sync::MutexGuard<'_, SmoothWrr> {
@@ -91,6 +132,7 @@ impl Shared {
     }
 
     fn failed(&self, node: usize) {
+        self.try_failures[node].fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut balancer = self.balancer();
         balancer.failed(node, now);
@@ -121,6 +163,9 @@ pub async fn handle(
     req: Request<Incoming>,
     client: HeaderValue,
 ) -> Response<GatewayBody> {
+    if let Some(own) = crate::status::answer(&shared, &req) {
+        return own;
+    }
     let (parts, body) = req.into_parts();
     let body = match read_body(&parts.headers, body).await {
         Ok(b) => b,
@@ -140,6 +185,7 @@ async fn forward(shared: &Shared, req: Request<UpstreamRequestBody>) -> Response
             break;
         };
         tried.insert(node);
+        shared.tries[node].fetch_add(1, Ordering::Relaxed);
         match try_node(&shared.nodes[node], req).await {
             Ok(resp) => {
                 shared.succeeded(node);
@@ -386,7 +432,7 @@ fn downstream_response(
 }
 
 /// One of the gateway's own answers, in the API's error shape.
-fn error(status: StatusCode, code: &str, message: &str) -> Response<GatewayBody> {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<GatewayBody> {
     let body = format!(r#"{{"error":"{code}","message":"{message}"}}"#);
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;

@@ -163,6 +163,23 @@ impl SmoothWrr {
         }
     }
 
+    /// How much longer `peer` is skipped, if it is down now.
+    pub fn down_for(&self, peer: usize, now: Instant) -> Option<Duration> {
+        if !self.is_down(peer, now) {
+            return None;
+        }
+        let checked = self.peers[peer].checked_at?;
+        Some(
+            self.fail_timeout
+                .saturating_sub(now.saturating_duration_since(checked)),
+        )
+    }
+
+    /// Weight of `peer` as configured.
+    pub fn weight(&self, peer: usize) -> u32 {
+        self.peers[peer].weight as u32
+    }
+
     /// Failures on record for `peer` (cleared by a success after a check).
     pub fn fails(&self, peer: usize) -> u32 {
         self.peers[peer].fails

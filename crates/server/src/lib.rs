@@ -6,6 +6,7 @@
 
 pub mod batcher;
 pub mod body;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod limits;

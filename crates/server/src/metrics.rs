@@ -119,7 +119,7 @@ impl OutcomeCounters {
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
-const LATENCY_BUCKETS_US: [u64; 14] = [
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 5_000_000,
 ];
@@ -143,6 +143,18 @@ impl Histogram {
         }
         h.count.fetch_add(1, Relaxed);
         h.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Requests per bucket (not cumulative), the last entry those beyond every bound.
+    pub fn buckets(&self) -> [u64; LATENCY_BUCKETS_US.len() + 1] {
+        let mut b = [0; LATENCY_BUCKETS_US.len() + 1];
+        for (i, slot) in b.iter_mut().enumerate().take(LATENCY_BUCKETS_US.len()) {
+            *slot = self.0.sum(|h| h.buckets[i].load(Relaxed));
+        }
+        let count = self.0.sum(|h| h.count.load(Relaxed));
+        let within: u64 = b.iter().sum();
+        b[LATENCY_BUCKETS_US.len()] = count.saturating_sub(within);
+        b
     }
 
     fn render(&self, name: &str, out: &mut String) {

@@ -59,6 +59,8 @@ pub struct Node {
     pub config: NodeConfig,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
+    /// The live view's figures (`/api/v1/stats`, `/dashboard`, the stock gauges of `/metrics`).
+    pub stats: crate::dashboard::StatsCache,
     /// Sales this node has served, by id. Read on every request, written once per sale, so it
     /// is copy-on-write behind an `ArcSwap`: a read touches no cache line another core writes
     /// (a `RwLock` read would, twice). Writers serialise on `sales_write`. Bounded by the
@@ -73,6 +75,7 @@ impl Node {
             config,
             store,
             metrics: Arc::new(Metrics::default()),
+            stats: crate::dashboard::StatsCache::default(),
             sales: ArcSwap::from_pointee(HashMap::new()),
             sales_write: Mutex::new(()),
         })

@@ -89,6 +89,10 @@ pub struct DemoArgs {
     #[arg(long, env = "TICKETRUSH_MAX_SECONDS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=RUN_SECONDS_MAX))]
     max_seconds: u64,
+    /// After the run, keep the nodes and the gateway up (their dashboards too) until Ctrl-C;
+    /// then stop them and audit.
+    #[arg(long, env = "TICKETRUSH_HOLD")]
+    hold: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -117,13 +121,22 @@ pub async fn demo(args: DemoArgs, interrupt: impl Future<Output = ()>) -> anyhow
     }
 
     let mut tier = Tier::default();
+    let mut interrupt = std::pin::pin!(interrupt);
     let run = async {
         let gateway = tier.start(&stores, &sale, args.nodes as u32).await?;
         print_header(&args, &sale, &stores.label, &tier, gateway);
-        tokio::select! {
-            report = ticketrush_bench::run(bench_args(&args, &sales, gateway)) => report,
-            () = interrupt => bail!("interrupted"),
+        let report = tokio::select! {
+            report = ticketrush_bench::run(bench_args(&args, &sales, gateway)) => report?,
+            () = &mut interrupt => bail!("interrupted"),
+        };
+        if args.hold {
+            println!(
+                "run finished; holding for a look: http://{gateway}/dashboard (Ctrl-C stops the \
+                 tier, then the audit runs)"
+            );
+            (&mut interrupt).await;
         }
+        Ok(report)
     }
     .await;
     tier.stop().await;
@@ -501,6 +514,7 @@ fn print_header(args: &DemoArgs, sale: &SaleId, store: &str, tier: &Tier, gatewa
         );
     }
     println!("  gateway  http://{gateway} (smooth weighted round-robin, as nginx)");
+    println!("  dashboard http://{gateway}/dashboard (each node has its own at /dashboard)");
 }
 
 /// What each node sold (the `X-Node-Id` of every win), beside the share its weight asks for.

@@ -320,7 +320,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = ticketrush_server::start(config, store);
     let writer = args.postgres.as_ref().map(|pg| {
         let redis = redis_urls(&args.redis).expect("clap requires --redis with --postgres");
-        orders_cmd::start_writer(&redis, pg, &node_id, &started.node.metrics)
+        orders_cmd::start_writer(&redis, pg, &node_id, &started.node)
     });
     // The one line on stdout: tests and scripts read the address from it.
     println!("ticketrush listening on http://{addr} as {node_id}");

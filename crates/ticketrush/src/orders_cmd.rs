@@ -50,6 +50,10 @@ pub struct OrderWriterArgs {
     /// This writer's name in the consumer group (unique per running writer).
     #[arg(long, env = "TICKETRUSH_CONSUMER", value_parser = parse_node_id)]
     consumer: Option<NodeId>,
+    /// Serve the writer's Prometheus figures (`/metrics`) and `/healthz` on this address
+    /// (e.g. 127.0.0.1:9187); none by default.
+    #[arg(long, env = "TICKETRUSH_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -76,11 +80,17 @@ pub fn start_writer(
     redis: &str,
     postgres: &str,
     node_id: &NodeId,
-    metrics: &ticketrush_server::metrics::Metrics,
+    node: &ticketrush_server::Node,
 ) -> OrderWriter {
     let writer = OrderWriter::start(WriterConfig::new(redis, postgres, node_id.as_str()));
     let stats = writer.stats.clone();
-    metrics.extra.set(move |out| stats.render(out));
+    node.metrics.extra.set(move |out| stats.render(out));
+    let stats = writer.stats.clone();
+    node.stats
+        .set_orders_lag(move || ticketrush_server::dashboard::OrdersLag {
+            lag_entries: stats.lag_entries.load(std::sync::atomic::Ordering::Relaxed),
+            lag_ms: stats.lag_ms.load(std::sync::atomic::Ordering::Relaxed),
+        });
     tracing::info!(consumer = %node_id, "order writer started");
     writer
 }
@@ -102,9 +112,51 @@ pub async fn order_writer(
         &args.postgres,
         consumer.as_str(),
     ));
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let addr = listener.local_addr()?;
+            let stats = writer.stats.clone();
+            let name = consumer.to_string();
+            let router = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let (stats, name) = (stats.clone(), name.clone());
+                        async move {
+                            let mut text = format!(
+                                "# HELP ticketrush_build_info The running version (always 1).\n\
+                                 # TYPE ticketrush_build_info gauge\n\
+                                 ticketrush_build_info{{version=\"{}\",node=\"{name}\"}} 1\n",
+                                env!("CARGO_PKG_VERSION")
+                            );
+                            stats.render(&mut text);
+                            ([("content-type", "text/plain; version=0.0.4")], text)
+                        }
+                    }),
+                )
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            println!("ticketrush order writer metrics on http://{addr}/metrics");
+            Some(tokio::spawn(ticketrush_server::http::serve(
+                listener,
+                router,
+                async move {
+                    let _ = metrics_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     println!("ticketrush order writer running as {consumer}");
     shutdown.await;
     writer.stop().await;
+    let _ = stop_metrics.send(());
+    if let Some(server) = metrics {
+        let _ = server.await;
+    }
     Ok(())
 }
 

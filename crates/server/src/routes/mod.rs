@@ -43,6 +43,8 @@ fn api() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(ops::stats))
+        .routes(routes!(ops::dashboard))
 }
 
 /// The OpenAPI document every node serves (and `docs/openapi.json` holds).

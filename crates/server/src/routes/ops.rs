@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz`, `/metrics`.
+//! `/healthz`, `/readyz`, `/metrics`, `/api/v1/stats`, `/dashboard`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -60,8 +60,37 @@ pub async fn metrics(State(node): NodeState) -> Response {
             .iter()
             .map(|rt| (rt.spec.id.as_str(), &rt.counters)),
     );
+    use std::fmt::Write;
+    let _ = writeln!(
+        text,
+        "# HELP ticketrush_build_info The running version (always 1).\n\
+         # TYPE ticketrush_build_info gauge\n\
+         ticketrush_build_info{{version=\"{}\",node=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        node.config.node_id.as_str()
+    );
+    // Stock as the store has it (at most 0.5 s old; shared with the dashboard).
+    let stats = node.stats.get(&node).await;
+    if stats.store_error.is_none() {
+        text.push_str(
+            "# HELP ticketrush_sale_tickets Tickets of each sale by state, as the store holds them.\n\
+             # TYPE ticketrush_sale_tickets gauge\n",
+        );
+        for s in &stats.sales {
+            for (state, n) in [
+                ("available", s.available),
+                ("reserved", s.reserved),
+                ("paid", s.paid),
+            ] {
+                let _ = writeln!(
+                    text,
+                    "ticketrush_sale_tickets{{sale=\"{}\",state=\"{state}\"}} {n}",
+                    s.id
+                );
+            }
+        }
+    }
     if let Some(n) = node.store.round_trips() {
-        use std::fmt::Write;
         let _ = writeln!(
             text,
             "# HELP ticketrush_store_round_trips_total Calls this node made to its store (Redis).\n\
@@ -72,6 +101,51 @@ pub async fn metrics(State(node): NodeState) -> Response {
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         text,
+    )
+        .into_response()
+}
+
+/// The live figures the dashboard draws: every sale's counts (the store's), this node's
+/// attempts by outcome, latency percentiles of the last seconds, the order writer's lag.
+/// Computed at most twice a second, whoever asks.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    tag = "ops",
+    responses((status = 200, description = "The node's live figures", body = crate::dashboard::NodeStats))
+)]
+pub async fn stats(State(node): NodeState) -> Response {
+    let stats = node.stats.get(&node).await;
+    let body = serde_json::to_vec(&*stats).expect("stats serialise");
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+static DASHBOARD_PAGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::dashboard::page("node"));
+
+/// The live view: one self-contained page polling `/api/v1/stats` every second.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "ops",
+    responses((status = 200, description = "An HTML page (nothing loaded from elsewhere)", body = String, content_type = "text/html"))
+)]
+pub async fn dashboard() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_PAGE.as_str(),
     )
         .into_response()
 }

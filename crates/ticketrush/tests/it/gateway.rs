@@ -86,12 +86,13 @@ async fn four_nodes() -> (Vec<Node>, Vec<NodeSpec>) {
 }
 
 /// The gateway served in this process on a free port; stopped when dropped.
-struct TestGateway {
-    client: Client,
+pub(crate) struct TestGateway {
+    pub client: Client,
+    pub addr: std::net::SocketAddr,
     _stop: oneshot::Sender<()>,
 }
 
-async fn start_gateway(nodes: Vec<NodeSpec>, fail_timeout: Duration) -> TestGateway {
+pub(crate) async fn start_gateway(nodes: Vec<NodeSpec>, fail_timeout: Duration) -> TestGateway {
     let gateway = Gateway::new(GatewayConfig {
         nodes,
         max_fails: 1,
@@ -110,6 +111,7 @@ async fn start_gateway(nodes: Vec<NodeSpec>, fail_timeout: Duration) -> TestGate
     });
     TestGateway {
         client: Client::new(addr),
+        addr,
         _stop: stop,
     }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod contract;
 mod crash;
+mod dashboard;
 mod demo;
 mod embedded_orders;
 mod gateway;
