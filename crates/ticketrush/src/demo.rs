@@ -130,6 +130,7 @@ pub async fn demo(args: DemoArgs, interrupt: impl Future<Output = ()>) -> anyhow
             () = &mut interrupt => bail!("interrupted"),
         };
         if args.hold {
+            println!("{report}");
             println!(
                 "run finished; holding for a look: http://{gateway}/dashboard (Ctrl-C stops the \
                  tier, then the audit runs)"
@@ -152,7 +153,9 @@ pub async fn demo(args: DemoArgs, interrupt: impl Future<Output = ()>) -> anyhow
         };
         audits.push(a);
     }
-    println!("{report}");
+    if !args.hold {
+        println!("{report}");
+    }
     println!();
     print_nodes(&tier.nodes, &report);
     println!();

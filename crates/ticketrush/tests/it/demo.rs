@@ -282,3 +282,78 @@ async fn demo_with_many_sales_audits_each() {
     assert!(line(1).contains("sold out"), "{}", line(1));
     assert!(line(12).contains("open"), "{}", line(12));
 }
+
+/// `demo --hold`: the run's dashboard URL is printed at the start; after the run the tier stays
+/// up (its dashboard answers) until SIGINT, and then the audit runs and the demo passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_hold_keeps_the_dashboard_up_until_interrupted() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let tmp = TempDir::new("demo-hold");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketrush"))
+        .args([
+            "demo",
+            "--users",
+            "3000",
+            "--tickets",
+            "100",
+            "--nodes",
+            "2",
+        ])
+        .args(["--connections", "20", "--max-seconds", "60", "--hold"])
+        .env("TMPDIR", &tmp.0)
+        .env_remove("TICKETRUSH_LOG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run ticketrush demo --hold");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    let mut dashboard = None;
+    let held = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(url) = line.trim().strip_prefix("dashboard ") {
+                dashboard = url.split_whitespace().next().map(str::to_string);
+            }
+            if line.starts_with("run finished; holding") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("the demo held within 90 s");
+    assert!(held, "{seen}");
+    let url = dashboard.unwrap_or_else(|| panic!("no dashboard URL printed: {seen}"));
+    // Held: the run is over, and the tier still answers.
+    let page = reqwest::get(&url)
+        .await
+        .expect("the dashboard answers while held");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("data-kind=\"gateway\""));
+    let pid = child.id().unwrap().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status();
+    let rest = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut rest = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    })
+    .await
+    .expect("the demo ended within 60 s of SIGINT");
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{seen}{rest}");
+    assert!(
+        rest.contains("PASSED") && rest.contains("demo passed"),
+        "{rest}"
+    );
+    assert!(
+        reqwest::get(&url).await.is_err(),
+        "the tier still answers after the demo"
+    );
+}

@@ -191,12 +191,30 @@ async fn a_writer_killed_mid_batch_leaves_nothing_unwritten_or_doubled() {
             "--postgres",
             &db.url(),
         ])
-        .args(["--consumer", "victim"])
+        .args(["--consumer", "victim", "--metrics-listen", "127.0.0.1:0"])
         .env("TICKETRUSH_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Its figures are served where it says (`--metrics-listen`).
+    let metrics_url = {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut lines = BufReader::new(victim.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(l) = lines.next_line().await.unwrap() {
+                if l.contains("metrics on http://") {
+                    return l;
+                }
+            }
+            panic!("order-writer ended without printing its metrics address")
+        })
+        .await
+        .expect("the metrics address within 20 s");
+        // Keep reading its stdout, so its later lines do not meet a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        line.rsplit(' ').next().unwrap().to_string()
+    };
     let reserved = reserve_many(&store, "crash", 12_000).await;
     assert!(
         wait_until(Duration::from_secs(20), || async {
@@ -205,6 +223,19 @@ async fn a_writer_killed_mid_batch_leaves_nothing_unwritten_or_doubled() {
         .await,
         "the victim wrote nothing"
     );
+    let text = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("node=\"victim\"} 1"), "{text}");
+    let written_metric: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ticketrush_orders_rows_written_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rows_written in {text}"));
+    assert!(written_metric > 0, "{text}");
     victim.start_kill().unwrap();
     let _ = victim.wait().await;
     let written = db.count("SELECT count(*) FROM orders").await;
