@@ -142,6 +142,10 @@ pub struct Args {
     /// No progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(long, env = "TICKETRUSH_QUIET")]
     pub quiet: bool,
+    /// Sign a bearer token per request with this HS256 secret (the file's bytes, a trailing
+    /// newline removed), `sub` the user: for nodes with `--user-auth jwt`.
+    #[arg(long, env = "TICKETRUSH_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -193,6 +197,7 @@ impl Args {
             chart: None,
             no_check: false,
             quiet: true,
+            jwt_secret_file: None,
         }
     }
 

@@ -56,6 +56,29 @@ pub struct Shared {
     pub timeline: Timeline,
     /// Requests answered or failed, per task (read by the progress bar).
     pub progress: Box<[Padded]>,
+    /// With `--jwt-secret-file`: the key every request's bearer token is minted with (HS256,
+    /// `sub` the user, valid for an hour), for nodes with proven users.
+    pub tokens: Option<jsonwebtoken::EncodingKey>,
+}
+
+/// A bearer token for `user` (`Authorization` value), signed with `key`.
+pub fn bearer(key: &jsonwebtoken::EncodingKey, prefix: &str, user: u64) -> HeaderValue {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+    let mut sub = Vec::with_capacity(24);
+    push_user(&mut sub, prefix, user);
+    let sub = std::str::from_utf8(&sub).expect("user ids are ASCII");
+    let exp = jsonwebtoken::get_current_timestamp() + 3_600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims { sub, exp },
+        key,
+    )
+    .expect("HS256 signing cannot fail");
+    HeaderValue::from_str(&format!("Bearer {token}")).expect("a JWT is a valid header value")
 }
 
 /// Everything one task counted; merged by `run`.
@@ -462,7 +485,18 @@ impl Conn<'_> {
                 (Method::GET, uri, Bytes::new())
             }
         };
-        self.build(method, uri, body)
+        let mut req = self.build(method, uri, body);
+        self.authorize(&mut req, user);
+        req
+    }
+
+    fn authorize(&self, req: &mut Request<Full<Bytes>>, user: u64) {
+        if let Some(key) = &self.shared.tokens {
+            req.headers_mut().insert(
+                hyper::header::AUTHORIZATION,
+                bearer(key, &self.shared.args.user_prefix, user),
+            );
+        }
     }
 
     fn pay_request(&self, reservation: &str, user: u64) -> Request<Full<Bytes>> {
@@ -473,7 +507,9 @@ impl Conn<'_> {
         b.extend_from_slice(b"{\"user_id\":\"");
         push_user(&mut b, &self.shared.args.user_prefix, user);
         b.extend_from_slice(b"\"}");
-        self.build(Method::POST, uri, Bytes::from(b))
+        let mut req = self.build(Method::POST, uri, Bytes::from(b));
+        self.authorize(&mut req, user);
+        req
     }
 
     fn build(&self, method: Method, uri: Uri, body: Bytes) -> Request<Full<Bytes>> {

@@ -53,7 +53,19 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         Some(s.0)
     };
     let connections = args.connections.min(args.users);
+    let tokens = match &args.jwt_secret_file {
+        Some(path) => {
+            let mut secret = std::fs::read(path)
+                .with_context(|| format!("cannot read the JWT secret {}", path.display()))?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            Some(jsonwebtoken::EncodingKey::from_secret(&secret))
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        tokens,
         users: args.users,
         next_user: Padded::default(),
         stop: AtomicBool::new(false),

@@ -124,6 +124,14 @@ impl Gateway {
         })
     }
 
+    /// Marks the gateway as stopping: its own `/readyz` answers 503 from now on, while
+    /// requests are still forwarded.
+    pub fn begin_drain(&self) {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Serves on `listener` until `shutdown` completes, then stops accepting and gives open
     /// requests up to `limits::SHUTDOWN_DRAIN` to finish.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {

@@ -54,6 +54,8 @@ pub struct Shared {
     pub(crate) max_fails: u32,
     pub(crate) fail_timeout: std::time::Duration,
     pub(crate) started: Instant,
+    /// Set by `Gateway::begin_drain`: `/readyz` answers 503.
+    pub(crate) draining: AtomicBool,
 }
 
 /// One node as the gateway sees it now.
@@ -102,6 +104,7 @@ impl Shared {
             max_fails: config.max_fails,
             fail_timeout: config.fail_timeout,
             started: Instant::now(),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -166,13 +169,43 @@ pub async fn handle(
     if let Some(own) = crate::status::answer(&shared, &req) {
         return own;
     }
-    let (parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body).await {
-        Ok(b) => b,
-        Err(refusal) => return refusal,
+    let (mut parts, body) = req.into_parts();
+    // One id per request, the client's if usable: the node logs and returns the same one.
+    let request_id = match parts.headers.get(&X_REQUEST_ID) {
+        Some(v) if usable_request_id(v) => v.clone(),
+        _ => new_request_id(),
     };
-    let upstream = upstream_request(parts, body, client);
-    forward(&shared, upstream).await
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    let mut resp = match read_body(&parts.headers, body).await {
+        Ok(body) => forward(&shared, upstream_request(parts, body, client)).await,
+        Err(refusal) => refusal,
+    };
+    if resp.status().is_server_error() {
+        tracing::debug!(request_id = ?request_id, status = resp.status().as_u16(), "answered with an error");
+    }
+    resp.headers_mut().entry(X_REQUEST_ID).or_insert(request_id);
+    resp
+}
+
+/// `X-Request-Id`, as the nodes read and return it.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether a client's request id is passed on as it is (1–128 printable ASCII characters).
+fn usable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c))
+}
+
+/// A new request id: `gw-`, this process's start time and a counter (unique per gateway).
+fn new_request_id() -> HeaderValue {
+    static START: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("gw-{:x}-{n:x}", *START)).expect("hex is header-safe")
 }
 
 /// Tries nodes in the balancer's order until one answers or a try fails past the point of no

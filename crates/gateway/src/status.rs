@@ -1,4 +1,5 @@
-//! What the gateway answers itself, never forwarding it: `GET /dashboard` (the same page as a
+//! What the gateway answers itself, never forwarding it: `GET /readyz` (200, or 503 while it
+//! drains before stopping), `GET /dashboard` (the same page as a
 //! node's, polling `/gateway/stats`), `GET /gateway/stats` (each node's weight, traffic and
 //! health, JSON) and `GET /metrics` (the gateway's own Prometheus figures; scrape each node's
 //! `/metrics` directly). Everything else goes to a node.
@@ -22,7 +23,7 @@ static PAGE: LazyLock<String> = LazyLock::new(|| DASHBOARD_HTML.replace("__KIND_
 pub fn answer<B>(shared: &Shared, req: &Request<B>) -> Option<Response<GatewayBody>> {
     let own = matches!(
         req.uri().path(),
-        "/dashboard" | "/gateway/stats" | "/metrics"
+        "/dashboard" | "/gateway/stats" | "/metrics" | "/readyz"
     );
     if !own {
         return None;
@@ -37,6 +38,17 @@ pub fn answer<B>(shared: &Shared, req: &Request<B>) -> Option<Response<GatewayBo
     Some(match req.uri().path() {
         "/dashboard" => ok("text/html; charset=utf-8", PAGE.clone()),
         "/gateway/stats" => ok("application/json", stats_json(shared)),
+        "/readyz" if shared.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+            let mut resp = crate::proxy::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "not ready: draining, this gateway is stopping",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+        "/readyz" => ok("application/json", r#"{"status":"ready"}"#.to_string()),
         _ => ok("text/plain; version=0.0.4", metrics_text(shared)),
     })
 }

@@ -66,6 +66,13 @@ impl ApiError {
             "this needs the header Authorization: Bearer <admin token>",
         )
     }
+    /// A reservation, payment or cancellation without a valid user token (`--user-auth jwt`).
+    pub fn token(message: &'static str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn forbidden(message: &'static str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
     pub fn sale_not_found() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -236,6 +243,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if self.status == StatusCode::TOO_MANY_REQUESTS
             || self.status == StatusCode::SERVICE_UNAVAILABLE
         {

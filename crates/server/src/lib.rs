@@ -4,6 +4,7 @@
 //! [`start`] wires a node for a store and returns its router and background tasks; [`http::serve`]
 //! runs the router on a listener. The binary and the integration tests both go through these.
 
+pub mod auth;
 pub mod batcher;
 pub mod body;
 pub mod dashboard;
@@ -13,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
+pub mod request_id;
 pub mod routes;
 pub mod stock;
 pub mod tasks;

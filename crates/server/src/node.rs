@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub pending_max: usize,
     /// The sale `/buy/ticket` uses when the request names none.
     pub default_sale: Option<SaleId>,
+    /// Proven users (`--user-auth jwt`): reservations, payments and cancellations act for the
+    /// bearer token's `sub`. None: the body's `user_id` is trusted.
+    pub user_auth: Option<Arc<crate::auth::UserAuth>>,
 }
 
 /// A successful reservation answer.
@@ -67,6 +70,8 @@ pub struct Node {
     /// store's `SALES_MAX`.
     sales: ArcSwap<HashMap<SaleId, Arc<SaleRuntime>>>,
     sales_write: Mutex<()>,
+    /// Set once the node is stopping: `/readyz` answers 503 while requests are still served.
+    draining: AtomicBool,
 }
 
 impl Node {
@@ -78,7 +83,17 @@ impl Node {
             stats: crate::dashboard::StatsCache::default(),
             sales: ArcSwap::from_pointee(HashMap::new()),
             sales_write: Mutex::new(()),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the node as stopping (see `draining`).
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
     }
 
     /// The runtimes of the sales this node has served so far.

@@ -439,6 +439,7 @@ async fn start_node(
         batch_wait: ticketrush_server::limits::BATCH_WAIT_DEFAULT,
         pending_max: ticketrush_server::limits::PENDING_DEFAULT,
         default_sale: Some(sale.clone()),
+        user_auth: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -85,9 +85,42 @@ struct ServeArgs {
     /// Directory of the embedded store (journal); created if missing.
     #[arg(long, env = "TICKETRUSH_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// Bearer token for creating sales. If unset, a random one is made and logged at start.
-    #[arg(long, env = "TICKETRUSH_ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token for creating sales. Prefer --admin-token-file: a flag is visible in process
+    /// listings. With neither, a random one is made and written to DATA_DIR/admin-token (mode
+    /// 0600); its path is logged, not the token.
+    #[arg(
+        long,
+        env = "TICKETRUSH_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     admin_token: Option<String>,
+    /// Read the admin token from this file (its first line).
+    #[arg(long, env = "TICKETRUSH_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Who a reservation, payment or cancellation acts for: `none` trusts the body's user_id
+    /// (demos, benchmarks); `jwt` needs `Authorization: Bearer <JWT>` and acts for its `sub`.
+    #[arg(long, env = "TICKETRUSH_USER_AUTH", value_enum, default_value = "none")]
+    user_auth: UserAuthMode,
+    /// With --user-auth jwt: the HS256 secret (the file's bytes, a trailing newline removed;
+    /// at least 32 bytes).
+    #[arg(
+        long,
+        env = "TICKETRUSH_JWT_SECRET_FILE",
+        conflicts_with = "jwt_public_key_file"
+    )]
+    jwt_secret_file: Option<PathBuf>,
+    /// With --user-auth jwt: a PEM public key; Ed25519 (EdDSA), P-256 (ES256) or RSA (RS256).
+    #[arg(long, env = "TICKETRUSH_JWT_PUBLIC_KEY_FILE")]
+    jwt_public_key_file: Option<PathBuf>,
+    /// With --user-auth jwt: accept only tokens with this `iss`.
+    #[arg(long, env = "TICKETRUSH_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// With --user-auth jwt: accept only tokens with this `aud`.
+    #[arg(long, env = "TICKETRUSH_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    #[command(flatten)]
+    drain: DrainArgs,
     /// Create this sale at start if it does not exist (ID:TOTAL, repeatable). The first is the
     /// default sale of `/buy/ticket`.
     #[arg(long = "sale", env = "TICKETRUSH_SALE", value_delimiter = ',', value_parser = parse_sale)]
@@ -145,6 +178,8 @@ struct GatewayArgs {
     #[command(flatten)]
     tier: TierArgs,
     #[command(flatten)]
+    drain: DrainArgs,
+    #[command(flatten)]
     runtime: RuntimeArgs,
 }
 
@@ -170,6 +205,38 @@ struct TierArgs {
 }
 
 #[derive(Args)]
+struct DrainArgs {
+    /// On SIGTERM (or Ctrl-C), answer /readyz with 503 for this many seconds while still
+    /// serving, so load balancers stop routing here; then stop accepting and finish what is
+    /// in flight. A second signal skips the wait.
+    #[arg(long, env = "TICKETRUSH_DRAIN_SECONDS", default_value_t = DRAIN_SECONDS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(0..=DRAIN_SECONDS_MAX))]
+    drain_seconds: u64,
+}
+
+/// Seconds `/readyz` says 503 before a stopping node or gateway closes its listener: a few
+/// health-check intervals of a typical load balancer.
+const DRAIN_SECONDS_DEFAULT: u64 = 5;
+const DRAIN_SECONDS_MAX: u64 = 300;
+
+/// Completes when the process should stop accepting: a signal, then `drain` seconds (during
+/// which `begin` has marked it not ready), or a second signal.
+async fn drained(drain: &DrainArgs, begin: impl FnOnce()) {
+    shutdown_signal().await;
+    begin();
+    if drain.drain_seconds > 0 {
+        tracing::info!(
+            seconds = drain.drain_seconds,
+            "draining: /readyz answers 503 while requests are still served"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(drain.drain_seconds)) => {},
+            () = shutdown_signal() => tracing::info!("second signal: stopping now"),
+        }
+    }
+}
+
+#[derive(Args)]
 struct RuntimeArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "TICKETRUSH_WORKERS", value_parser = clap::value_parser!(u64).range(1..=256))]
@@ -177,6 +244,21 @@ struct RuntimeArgs {
     /// Log filter, e.g. info or ticketrush_server=debug.
     #[arg(long, env = "TICKETRUSH_LOG", default_value = "info", value_parser = parse_log)]
     log: String,
+    /// `text` for people, `json` for log shippers (one object a line: timestamp, level,
+    /// target, fields with the message).
+    #[arg(
+        long,
+        env = "TICKETRUSH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn parse_sale(s: &str) -> Result<(SaleId, u64), String> {
@@ -222,7 +304,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Command::Journal(args) = cli.command {
-        init_logging("warn");
+        init_logging("warn", LogFormat::Text);
         return match journal_cmd::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -243,7 +325,7 @@ fn main() -> ExitCode {
         Command::OrderWriter(a) => &a.runtime,
         Command::Demo(a) => &a.runtime,
     };
-    init_logging(&runtime_args.log);
+    init_logging(&runtime_args.log, runtime_args.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = runtime_args.workers {
         builder.worker_threads(n as usize);
@@ -259,7 +341,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve(a).await,
             Command::Ceiling(a) => ceiling(a).await,
-            Command::Gateway(a) => gateway(a.tier).await,
+            Command::Gateway(a) => gateway(a.tier, a.drain).await,
             Command::NginxConf(_) | Command::Journal(_) | Command::Openapi => {
                 unreachable!("handled above")
             }
@@ -278,14 +360,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -296,11 +382,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.lease_seconds.is_some() {
         tracing::warn!("--lease-seconds has no effect any more: nodes hold no allotments");
     }
-    let admin_token = args.admin_token.unwrap_or_else(|| {
-        let t = ticketrush_server::node::new_reservation_id().to_string();
-        tracing::warn!(admin_token = %t, "no --admin-token given; made one for this run");
-        t
-    });
+    let admin_token = admin_token(&args)?;
+    let user_auth = user_auth(&args)?;
     let node_id = args.node_id.unwrap_or_else(|| {
         let r = ticketrush_server::node::new_reservation_id();
         NodeId::parse(&format!("node-{}", &r.as_str()[..6])).expect("valid node id")
@@ -312,6 +395,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         batch_wait: Duration::from_micros(args.batch_wait_us),
         pending_max: args.pending_max as usize,
         default_sale: args.sales.first().map(|(id, _)| id.clone()),
+        user_auth,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -325,13 +409,103 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The one line on stdout: tests and scripts read the address from it.
     println!("ticketrush listening on http://{addr} as {node_id}");
     tracing::info!(%addr, node = %node_id, "serving");
-    ticketrush_server::http::serve(listener, started.router.clone(), shutdown_signal()).await;
+    let node = started.node.clone();
+    ticketrush_server::http::serve(
+        listener,
+        started.router.clone(),
+        drained(&args.drain, move || node.begin_drain()),
+    )
+    .await;
     tracing::info!("shutting down");
     started.shutdown().await;
     if let Some(w) = writer {
         w.stop().await;
     }
     Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum UserAuthMode {
+    None,
+    Jwt,
+}
+
+/// The admin token: the flag, the file's first line, or a new one written to
+/// `DATA_DIR/admin-token` (0600) whose path, not value, is logged.
+fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
+    if let Some(t) = &args.admin_token {
+        return Ok(t.clone());
+    }
+    if let Some(path) = &args.admin_token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+        let t = text.lines().next().unwrap_or("").trim().to_string();
+        anyhow::ensure!(
+            !t.is_empty(),
+            "the admin token file {} is empty",
+            path.display()
+        );
+        return Ok(t);
+    }
+    let t = ticketrush_server::node::new_reservation_id().to_string();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let path = args.data_dir.join("admin-token");
+    write_secret(&path, &t)?;
+    tracing::warn!(file = %path.display(), "no --admin-token-file given; made an admin token for this run and wrote it there (mode 0600)");
+    Ok(t)
+}
+
+/// Writes `secret` to `path`, readable by this user only.
+fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{secret}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Proven users from the flags; a missing or unreadable key is an error at start.
+fn user_auth(args: &ServeArgs) -> anyhow::Result<Option<Arc<ticketrush_server::auth::UserAuth>>> {
+    use ticketrush_server::auth::{KeySource, UserAuth};
+    if args.user_auth == UserAuthMode::None {
+        anyhow::ensure!(
+            args.jwt_secret_file.is_none() && args.jwt_public_key_file.is_none(),
+            "--jwt-secret-file and --jwt-public-key-file need --user-auth jwt"
+        );
+        return Ok(None);
+    }
+    let read = |p: &PathBuf| {
+        std::fs::read(p).with_context(|| format!("cannot read the JWT key file {}", p.display()))
+    };
+    let auth = match (&args.jwt_secret_file, &args.jwt_public_key_file) {
+        (Some(p), None) => {
+            let mut secret = read(p)?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            UserAuth::new(
+                KeySource::Secret(&secret),
+                args.jwt_issuer.as_deref(),
+                args.jwt_audience.as_deref(),
+            )
+        }
+        (None, Some(p)) => UserAuth::new(
+            KeySource::PublicKeyPem(&read(p)?),
+            args.jwt_issuer.as_deref(),
+            args.jwt_audience.as_deref(),
+        ),
+        _ => anyhow::bail!("--user-auth jwt needs --jwt-secret-file or --jwt-public-key-file"),
+    }
+    .map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(algorithm = ?auth.algorithm(), "proven users: reservations need a JWT");
+    Ok(Some(Arc::new(auth)))
 }
 
 /// The embedded store in `--data-dir`, or Redis with `--redis`.
@@ -450,7 +624,7 @@ impl TierArgs {
     }
 }
 
-async fn gateway(tier: TierArgs) -> anyhow::Result<()> {
+async fn gateway(tier: TierArgs, drain: DrainArgs) -> anyhow::Result<()> {
     let gateway = ticketrush_gateway::Gateway::new(tier.config())?;
     let listener = tokio::net::TcpListener::bind(tier.listen)
         .await
@@ -458,7 +632,10 @@ async fn gateway(tier: TierArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("ticketrush gateway listening on http://{addr}");
     tracing::info!(%addr, nodes = tier.nodes.len(), "gateway serving");
-    gateway.serve(listener, shutdown_signal()).await;
+    let draining = gateway.clone();
+    gateway
+        .serve(listener, drained(&drain, move || draining.begin_drain()))
+        .await;
     Ok(())
 }
 

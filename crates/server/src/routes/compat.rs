@@ -49,14 +49,18 @@ pub struct Answer<'a> {
 pub async fn buy_ticket(
     State(node): NodeState,
     q: Result<Query<BuyQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let Ok(Query(q)) = q else {
         return ApiError::invalid("the query string is malformed").into_response();
     };
     let parsed = (|| {
-        let user = match q.user_id.as_deref() {
-            Some(u) => UserId::parse(u)?,
-            None => new_anonymous_user(),
+        let given = q.user_id.as_deref().map(UserId::parse).transpose()?;
+        let user = match (&node.config.user_auth, given) {
+            // Proven users: the token's sub (a user_id given must be it).
+            (Some(auth), given) => crate::auth::acting_user(Some(auth), &headers, given)?,
+            (None, Some(u)) => u,
+            (None, None) => new_anonymous_user(),
         };
         let sale = match q.sale_id.as_deref() {
             Some(s) => Some(SaleId::parse(s)?),

@@ -31,10 +31,13 @@ pub async fn healthz() -> Response {
     tag = "ops",
     responses(
         (status = 200, description = "Ready", body = StatusBody),
-        (status = 503, description = "Not ready: the store is down, or its disk is full (`unavailable`)", body = ErrorBody)
+        (status = 503, description = "Not ready: the store is down, its disk is full, or the node is draining before it stops (`unavailable`)", body = ErrorBody)
     )
 )]
 pub async fn readyz(State(node): NodeState) -> Response {
+    if node.is_draining() {
+        return ApiError::unavailable("not ready: draining, this node is stopping").into_response();
+    }
     match node.store.ping().await {
         Ok(()) => (
             StatusCode::OK,

@@ -18,13 +18,21 @@ use crate::metrics::Outcome;
 use crate::node::Reserved;
 use crate::openapi::ErrorBody;
 
-/// Who is asking.
+/// Who is asking. With proven users (`--user-auth jwt`) the user is the bearer token's `sub`:
+/// `user_id` may then be left out, and must be that `sub` when given (403 otherwise).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
-    /// 1–64 characters of `A-Za-z0-9._-:`.
-    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
-    user_id: UserId,
+    /// 1–64 characters of `A-Za-z0-9._-:`. Required unless the node runs with proven users.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
+    user_id: Option<UserId>,
+}
+
+impl UserBody {
+    /// The user this request acts for (see `auth::acting_user`).
+    fn acting(self, node: &crate::node::Node, headers: &HeaderMap) -> Result<UserId, ApiError> {
+        crate::auth::acting_user(node.config.user_auth.as_deref(), headers, self.user_id)
+    }
 }
 
 /// Reserves one ticket for a user; the hold lasts the sale's `hold_seconds`.
@@ -63,7 +71,8 @@ pub async fn reserve(
         let sale_id = SaleId::parse(&segment(sale_id)?)?;
         let key = idempotency_key(&parts.headers)?;
         let req: UserBody = read_json(&parts.headers, body).await?;
-        Ok::<_, ApiError>((sale_id, key, req.user_id))
+        let user = req.acting(&node, &parts.headers)?;
+        Ok::<_, ApiError>((sale_id, key, user))
     }
     .await;
     let resp = match result {
@@ -165,7 +174,8 @@ pub async fn pay(
 ) -> Result<Response, ApiError> {
     let id = reservation_id(id)?;
     let req: UserBody = read_json(&headers, body).await?;
-    let r = returned_if_expired(&node, node.store.pay(&id, &req.user_id).await)?;
+    let user = req.acting(&node, &headers)?;
+    let r = returned_if_expired(&node, node.store.pay(&id, &user).await)?;
     Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
 }
 
@@ -196,7 +206,8 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = reservation_id(id)?;
     let req: UserBody = read_json(&headers, body).await?;
-    let r = returned_if_expired(&node, node.store.cancel(&id, &req.user_id).await)?;
+    let user = req.acting(&node, &headers)?;
+    let r = returned_if_expired(&node, node.store.cancel(&id, &user).await)?;
     // A cancelled ticket is back in the pool: this node stops answering sold_out from memory.
     node.tickets_returned(Some(&r.sale_id));
     Ok(json(StatusCode::OK, &ReservationBody::of(&r)))

@@ -22,18 +22,30 @@ pub(crate) async fn spawn_node(dir: &Path) -> (Child, Client) {
 /// The real `ticketrush serve` on a free port with `extra` flags; answers the child and a
 /// client for it once it printed its address.
 pub(crate) async fn spawn_serve(extra: &[&str]) -> (Child, Client) {
+    spawn_serve_without_token(&[&["--admin-token", ADMIN_TOKEN], extra].concat()).await
+}
+
+/// `spawn_serve` without the test's admin token (the caller gives one its own way).
+pub(crate) async fn spawn_serve_without_token(extra: &[&str]) -> (Child, Client) {
+    spawn_serve_logging(extra, "warn", Stdio::inherit()).await
+}
+
+/// `serve EXTRA` at log level `log`, its stderr going to `stderr` (piped: the test reads the
+/// logs), no admin token from the environment.
+pub(crate) async fn spawn_serve_logging(
+    extra: &[&str],
+    log: &str,
+    stderr: Stdio,
+) -> (Child, Client) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ticketrush"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN_TOKEN,
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
-        .env("TICKETRUSH_LOG", "warn")
+        .env("TICKETRUSH_LOG", log)
+        .env_remove("TICKETRUSH_ADMIN_TOKEN")
+        // Stop at once on SIGTERM unless a test asks for a drain (`--drain-seconds`).
+        .env("TICKETRUSH_DRAIN_SECONDS", "0")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("spawn ticketrush");

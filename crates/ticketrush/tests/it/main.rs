@@ -1,6 +1,7 @@
 //! Integration tests: the real router over real sockets, and the real binary for crashes.
 //! One test binary for the crate, so the suite links once.
 
+mod auth;
 mod bench;
 mod cli;
 mod cluster;
@@ -8,6 +9,7 @@ mod contract;
 mod crash;
 mod dashboard;
 mod demo;
+mod deploy;
 mod embedded_orders;
 mod gateway;
 mod hostile;

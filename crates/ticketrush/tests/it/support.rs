@@ -45,6 +45,7 @@ pub fn config(node_id: &str) -> NodeConfig {
         batch_wait: ticketrush_server::limits::BATCH_WAIT_DEFAULT,
         pending_max: ticketrush_server::limits::PENDING_DEFAULT,
         default_sale: None,
+        user_auth: None,
     }
 }
 

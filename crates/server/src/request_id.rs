@@ -1,0 +1,79 @@
+//! `X-Request-Id`: one id per request, to follow it across the gateway and the node. Taken from
+//! the request when it carries a usable one (1–`REQUEST_ID_LEN_MAX` printable ASCII characters;
+//! the gateway adds one when the client did not), made here otherwise, and returned on the
+//! response. Every answer of 500 or more is logged with it (at most `ERROR_LINES_PER_SECOND` a
+//! second, the rest counted in the next line: an outage must not become a log flood), so a
+//! client's 503 can be found in the logs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::LazyLock;
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Longest request id taken from a client; a longer or unprintable one is replaced.
+pub const REQUEST_ID_LEN_MAX: usize = 128;
+/// Error lines logged per second at most.
+const ERROR_LINES_PER_SECOND: u64 = 10;
+
+/// A new id: this process's random prefix and a counter (unique per process, no syscall).
+pub fn new_request_id() -> HeaderValue {
+    static PREFIX: LazyLock<String> = LazyLock::new(|| {
+        let r = crate::node::new_reservation_id();
+        r.as_str()[..8].to_string()
+    });
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Relaxed);
+    HeaderValue::from_str(&format!("{}-{n:x}", *PREFIX)).expect("base32 and hex are header-safe")
+}
+
+/// Whether a client's id is usable as it is.
+pub fn usable(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= REQUEST_ID_LEN_MAX && b.iter().all(|c| (0x21..=0x7e).contains(c))
+}
+
+/// The layer: see the module doc.
+pub async fn layer(req: Request, next: Next) -> Response {
+    let id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if usable(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    let method = req.method().clone();
+    // A reference count, not a copy: the path is only read if the answer is an error.
+    let uri = req.uri().clone();
+    let mut resp = next.run(req).await;
+    if resp.status().is_server_error() {
+        log_error(&id, &method, uri.path(), resp.status().as_u16());
+    }
+    resp.headers_mut().insert(X_REQUEST_ID, id);
+    resp
+}
+
+fn log_error(id: &HeaderValue, method: &axum::http::Method, path: &str, status: u16) {
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static LOGGED: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if WINDOW.swap(second, Relaxed) != second {
+        LOGGED.store(0, Relaxed);
+    }
+    if LOGGED.fetch_add(1, Relaxed) >= ERROR_LINES_PER_SECOND {
+        SUPPRESSED.fetch_add(1, Relaxed);
+        return;
+    }
+    let suppressed = SUPPRESSED.swap(0, Relaxed);
+    tracing::warn!(
+        request_id = %String::from_utf8_lossy(id.as_bytes()),
+        %method,
+        path,
+        status,
+        suppressed_before = suppressed,
+        "request answered with a server error"
+    );
+}
