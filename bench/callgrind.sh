@@ -5,8 +5,10 @@
 # instruction counts over the difference of requests is the per-request cost, start-up and
 # shutdown cancelling out. Cases: the ceiling (hello-world), the sold-out answer (a sale of
 # 10 tickets, then losers), and the win (a sale larger than the run: every request a new hold,
-# journaled and fsynced). Needs valgrind.
+# journaled and fsynced); with proven users (`--user-auth jwt`, HS256, the generator minting a
+# token per request) the same two: sold-out-jwt and win-jwt. Needs valgrind.
 #   bench/callgrind.sh [BIN...]      (default: this tree's release build)
+#   CASES="sold-out sold-out-jwt" bench/callgrind.sh   (default: all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMALL=${SMALL:-1000}
@@ -22,28 +24,34 @@ GEN=${GEN:-$1}
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 URL="http://127.0.0.1:$PORT"
+CASES=${CASES:-ceiling sold-out win sold-out-jwt win-jwt}
+printf '%s\n' "a-benchmark-secret-of-at-least-thirty-two-bytes" >"$OUT/jwt-secret"
+JWT=(--user-auth jwt --jwt-secret-file "$OUT/jwt-secret")
 
 # $1 binary, $2 case, $3 requests: answers the instructions the server executed.
 instructions() {
-  local bin=$1 case=$2 n=$3 sale tickets
+  local bin=$1 case=$2 n=$3 sale tickets gen_jwt=()
   rm -rf "$OUT/data" "$OUT"/cg.*
+  local serve=(serve --data-dir "$OUT/data" --admin-token b --log warn --drain-seconds 0)
   case $case in
     ceiling) set -- "$bin" ceiling ;;
-    sold-out) set -- "$bin" serve --data-dir "$OUT/data" --admin-token b --sale "s:10" --log warn ;;
-    win) set -- "$bin" serve --data-dir "$OUT/data" --admin-token b --sale "s:1000000" --log warn ;;
+    sold-out) set -- "$bin" "${serve[@]}" --sale "s:10" ;;
+    win) set -- "$bin" "${serve[@]}" --sale "s:1000000" ;;
+    sold-out-jwt) set -- "$bin" "${serve[@]}" --sale "s:10" "${JWT[@]}"; gen_jwt=(--jwt-secret-file "$OUT/jwt-secret") ;;
+    win-jwt) set -- "$bin" "${serve[@]}" --sale "s:1000000" "${JWT[@]}"; gen_jwt=(--jwt-secret-file "$OUT/jwt-secret") ;;
   esac
   valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" "$@" --listen "127.0.0.1:$PORT" \
     --workers 1 >/dev/null 2>"$OUT/vg.txt" &
   local pid=$!
   for _ in $(seq 300); do curl -sf "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   "$GEN" bench --target "$URL" --sale s --users "$n" --connections 1 --threads 1 --no-check \
-    --quiet >/dev/null
+    --quiet "${gen_jwt[@]}" >/dev/null
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
   sed -n 's/^summary: \([0-9]*\)$/\1/p' "$OUT"/cg.* | awk '{s += $1} END {print s}'
 }
 
 for bin in "$@"; do
-  for c in ceiling sold-out win; do
+  for c in $CASES; do
     a=$(instructions "$bin" "$c" "$SMALL")
     b=$(instructions "$bin" "$c" "$LARGE")
     awk -v a="$a" -v b="$b" -v n=$((LARGE - SMALL)) -v c="$c" -v bin="$bin" \

@@ -68,7 +68,7 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime.eq_ignore_ascii_case("application/json")
 }
 
-/// Middleware: after the handler answers, reads and discards what it left of the request body
+/// Middleware (run inside `request_id::layer`): after the handler answers, reads and discards what it left of the request body
 /// (up to `BODY_DRAIN_BYTES_MAX`, within `BODY_DRAIN_TIMEOUT`), so the client, still sending,
 /// gets the answer instead of a reset. Past the bounds, or when the client waits for
 /// `100 Continue`, the answer says `Connection: close` and nothing more is read.

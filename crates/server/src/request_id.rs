@@ -19,15 +19,26 @@ pub const REQUEST_ID_LEN_MAX: usize = 128;
 /// Error lines logged per second at most.
 const ERROR_LINES_PER_SECOND: u64 = 10;
 
-/// A new id: this process's random prefix and a counter (unique per process, no syscall).
+/// A new id: this process's random prefix, `-`, and a counter in hex (unique per process; no
+/// syscall, no formatting machinery: this runs on every request without an id).
 pub fn new_request_id() -> HeaderValue {
-    static PREFIX: LazyLock<String> = LazyLock::new(|| {
+    static PREFIX: LazyLock<[u8; 8]> = LazyLock::new(|| {
         let r = crate::node::new_reservation_id();
-        r.as_str()[..8].to_string()
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&r.as_str().as_bytes()[..8]);
+        p
     });
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let n = NEXT.fetch_add(1, Relaxed);
-    HeaderValue::from_str(&format!("{}-{n:x}", *PREFIX)).expect("base32 and hex are header-safe")
+    let mut buf = [0u8; 8 + 1 + 16];
+    buf[..8].copy_from_slice(&*PREFIX);
+    buf[8] = b'-';
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+        buf[9 + i] = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&buf[..9 + digits]).expect("base32 and hex are header-safe")
 }
 
 /// Whether a client's id is usable as it is.
@@ -36,7 +47,8 @@ pub fn usable(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= REQUEST_ID_LEN_MAX && b.iter().all(|c| (0x21..=0x7e).contains(c))
 }
 
-/// The layer: see the module doc.
+/// The node's one middleware around every route (one, because each costs a boxed future per
+/// request): the request id (see the module doc), and the body drain of `body::drain_unread`.
 pub async fn layer(req: Request, next: Next) -> Response {
     let id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if usable(v) => v.clone(),
@@ -45,7 +57,7 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     // A reference count, not a copy: the path is only read if the answer is an error.
     let uri = req.uri().clone();
-    let mut resp = next.run(req).await;
+    let mut resp = crate::body::drain_unread(req, next).await;
     if resp.status().is_server_error() {
         log_error(&id, &method, uri.path(), resp.status().as_u16());
     }
@@ -76,4 +88,25 @@ fn log_error(id: &HeaderValue, method: &axum::http::Method, path: &str, status: 
         suppressed_before = suppressed,
         "request answered with a server error"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_ids_are_unique_usable_and_hex_counted() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert!(usable(id), "{id:?}");
+            let s = id.to_str().unwrap();
+            let (prefix, n) = s.split_once('-').unwrap();
+            assert_eq!(prefix.len(), 8);
+            assert!(u64::from_str_radix(n, 16).is_ok(), "{s}");
+        }
+        assert!(!usable(&HeaderValue::from_static("has space")));
+        assert!(!usable(&HeaderValue::from_bytes(&[b'x'; 129]).unwrap()));
+    }
 }

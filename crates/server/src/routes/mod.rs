@@ -65,7 +65,6 @@ pub fn app(node: Arc<Node>) -> Router {
     let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(crate::body::drain_unread))
         .layer(axum::middleware::from_fn(crate::request_id::layer));
     with_node_id(router, node_id).with_state(node)
 }
