@@ -44,6 +44,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub redis_url: String,
+    /// Certificates for `rediss://` URLs.
+    pub redis_tls: ticketrush_store::RedisTls,
     pub postgres_url: String,
     /// This writer's consumer name in the group (the node id).
     pub consumer: String,
@@ -58,6 +60,7 @@ impl WriterConfig {
     pub fn new(redis_url: &str, postgres_url: &str, consumer: &str) -> WriterConfig {
         WriterConfig {
             redis_url: redis_url.into(),
+            redis_tls: ticketrush_store::RedisTls::default(),
             postgres_url: postgres_url.into(),
             consumer: consumer.into(),
             claim_idle: Duration::from_secs(10),
@@ -254,9 +257,13 @@ impl Loop {
         if let Some(c) = &self.redis {
             return Ok(c.clone());
         }
-        let conn = Conn::connect(&self.config.redis_url, REDIS_TIMEOUT)
-            .await
-            .map_err(|e| OrdersError::Store(e.to_string()))?;
+        let conn = Conn::connect(
+            &self.config.redis_url,
+            REDIS_TIMEOUT,
+            &self.config.redis_tls,
+        )
+        .await
+        .map_err(|e| OrdersError::Store(e.to_string()))?;
         self.redis = Some(conn.clone());
         Ok(conn)
     }
@@ -476,8 +483,12 @@ impl Loop {
 /// Events of a sale not yet written by the writers: pending in the group or not yet delivered.
 /// `None` when no writer ever attached to the sale's stream. For `audit`, which waits for 0.
 /// (It runs the writers' trim step, which only drops what every group acknowledged.)
-pub async fn backlog(redis_url: &str, sale: &SaleId) -> OrdersResult<Option<u64>> {
-    let mut conn = Conn::connect(redis_url, REDIS_TIMEOUT)
+pub async fn backlog(
+    redis_url: &str,
+    tls: &ticketrush_store::RedisTls,
+    sale: &SaleId,
+) -> OrdersResult<Option<u64>> {
+    let mut conn = Conn::connect(redis_url, REDIS_TIMEOUT, tls)
         .await
         .map_err(|e| OrdersError::Store(e.to_string()))?;
     let trim = Script::new(include_str!("../lua/trim.lua"));

@@ -26,7 +26,7 @@ use ticketrush_core::{
 };
 
 pub use embedded::EmbeddedStore;
-pub use redis_store::{RedisConfig, RedisStore};
+pub use redis_store::{RedisConfig, RedisStore, RedisTls};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

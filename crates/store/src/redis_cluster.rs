@@ -238,11 +238,16 @@ impl ClusterConn {
     /// Connects through the first seed that answers `CLUSTER SLOTS`. `seeds` are Redis URLs
     /// of nodes of one cluster; each call is bounded by `timeout` by its caller, and
     /// connecting to a node by `timeout` here.
-    pub async fn connect(seeds: &[&str], timeout: Duration) -> RedisResult<ClusterConn> {
-        let template = seeds
+    pub async fn connect(
+        seeds: &[&str],
+        timeout: Duration,
+        tls: &crate::redis_store::RedisTls,
+    ) -> RedisResult<ClusterConn> {
+        let first = seeds
             .first()
-            .ok_or_else(|| RedisError::from((ErrorKind::InvalidClientConfig, "no seed")))?
-            .into_connection_info()?;
+            .ok_or_else(|| RedisError::from((ErrorKind::InvalidClientConfig, "no seed")))?;
+        // The seed's settings, TLS parameters included: every node is reached with them.
+        let template = tls.client(first)?.get_connection_info().clone();
         let mut seed_addrs = Vec::new();
         for s in seeds {
             let info = s.into_connection_info()?;

@@ -67,9 +67,57 @@ pub struct RedisConfig {
     /// with its stream kept for them (the writer flag and the consumer group), so no event is
     /// trimmed before a writer reads it, even if PostgreSQL is down when the sale begins.
     pub orders: bool,
+    /// Certificates for `rediss://` URLs (a private CA, a client certificate).
+    pub tls: RedisTls,
     /// Replicas that must confirm each write (a sale created, a batch of reservations, a
     /// payment or cancellation) before it is acknowledged, with Redis's `WAIT`; 0 = none.
     pub wait_replicas: u32,
+}
+
+/// What a `rediss://` connection trusts and shows: `ca`, PEM certificates the server's must
+/// chain to (instead of the system's roots); `client`, a PEM certificate and key for mutual
+/// TLS. Ignored for `redis://` URLs (`Conn::connect` refuses the combination).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+
+    /// A client for `url`: with these certificates for `rediss://`, plain otherwise.
+    pub(crate) fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        if !url.starts_with("rediss://") {
+            return redis::Client::open(url);
+        }
+        // redis-rs builds its rustls configuration with the process's default provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: self
+                    .client
+                    .as_ref()
+                    .map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                root_cert: self.ca.clone(),
+            },
+        )
+    }
 }
 
 /// Longest a write waits for its replicas (`WAIT`'s timeout) before it is answered 503.
@@ -83,6 +131,7 @@ impl RedisConfig {
             events_backlog_max: EVENTS_BACKLOG_MAX,
             orders: false,
             wait_replicas: 0,
+            tls: RedisTls::default(),
         }
     }
 }
@@ -153,11 +202,16 @@ impl Conn {
     /// Cluster: seeds, tried in order). A single Redis or a cluster is found out with `INFO
     /// cluster`; every call is bounded by `timeout`. The store and the order writer both
     /// connect through this.
-    pub async fn connect(urls: &str, timeout: Duration) -> StoreResult<Conn> {
+    pub async fn connect(urls: &str, timeout: Duration, tls: &RedisTls) -> StoreResult<Conn> {
         let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+        if tls.is_set() && !seeds.iter().all(|s| s.starts_with("rediss://")) {
+            return Err(StoreError::Unavailable(
+                "TLS certificates were given for a redis:// URL; use rediss://".into(),
+            ));
+        }
         let mut last = None;
         for url in &seeds {
-            match Self::connect_to(url, &seeds, timeout).await {
+            match Self::connect_to(url, &seeds, timeout, tls).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
@@ -165,8 +219,14 @@ impl Conn {
         Err(last.unwrap_or_else(|| StoreError::Unavailable("no redis url".into())))
     }
 
-    async fn connect_to(url: &str, seeds: &[&str], timeout: Duration) -> StoreResult<Conn> {
-        let client = redis::Client::open(url)
+    async fn connect_to(
+        url: &str,
+        seeds: &[&str],
+        timeout: Duration,
+        tls: &RedisTls,
+    ) -> StoreResult<Conn> {
+        let client = tls
+            .client(url)
             .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -194,10 +254,11 @@ impl Conn {
         // This node first: it answered, the others are fallbacks.
         let mut ordered = vec![url];
         ordered.extend(seeds.iter().copied().filter(|s| s != &url));
-        let cluster = tokio::time::timeout(timeout * 2, ClusterConn::connect(&ordered, timeout))
-            .await
-            .map_err(|_| StoreError::Unavailable("redis cluster did not answer".into()))?
-            .map_err(unavailable)?;
+        let cluster =
+            tokio::time::timeout(timeout * 2, ClusterConn::connect(&ordered, timeout, tls))
+                .await
+                .map_err(|_| StoreError::Unavailable("redis cluster did not answer".into()))?
+                .map_err(unavailable)?;
         Ok(Conn::Cluster(cluster))
     }
 
@@ -273,7 +334,7 @@ impl RedisStore {
     /// Redis cannot be reached now; once connected, the connection recovers by itself after
     /// Redis (or a master) goes away and comes back.
     pub async fn connect(config: RedisConfig) -> StoreResult<RedisStore> {
-        let conn = Conn::connect(&config.url, config.op_timeout).await?;
+        let conn = Conn::connect(&config.url, config.op_timeout, &config.tls).await?;
         Ok(RedisStore {
             conn,
             scripts: Scripts::load(),

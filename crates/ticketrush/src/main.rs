@@ -156,6 +156,8 @@ struct ServeArgs {
     #[arg(long, env = "TICKETRUSH_REDIS_WAIT_REPLICAS", default_value_t = 0, requires = "redis",
           value_parser = clap::value_parser!(u32).range(0..=REDIS_WAIT_REPLICAS_MAX))]
     redis_wait_replicas: u32,
+    #[command(flatten)]
+    redis_tls: RedisTlsArgs,
     /// Write orders to this PostgreSQL (postgres://USER@HOST:PORT/DB): the node runs an order
     /// writer that follows the sales' event streams in Redis (needs --redis).
     #[arg(long, env = "TICKETRUSH_POSTGRES", requires = "redis", value_parser = orders_cmd::parse_postgres_url)]
@@ -202,6 +204,36 @@ struct TierArgs {
           default_value_t = gateway_limits::FAIL_TIMEOUT_SECONDS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..=gateway_limits::FAIL_TIMEOUT_SECONDS_CEILING))]
     fail_timeout_seconds: u64,
+}
+
+/// Certificates for `rediss://` (serve, audit, order-writer).
+#[derive(Args)]
+pub(crate) struct RedisTlsArgs {
+    /// PEM certificate(s) of the CA a rediss:// server's certificate must chain to (instead of
+    /// the system's roots).
+    #[arg(long, env = "TICKETRUSH_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with Redis (with --redis-key-file).
+    #[arg(long, env = "TICKETRUSH_REDIS_CERT_FILE", requires = "redis_key_file")]
+    redis_cert_file: Option<PathBuf>,
+    /// PEM private key of --redis-cert-file.
+    #[arg(long, env = "TICKETRUSH_REDIS_KEY_FILE", requires = "redis_cert_file")]
+    redis_key_file: Option<PathBuf>,
+}
+
+impl RedisTlsArgs {
+    /// The files' contents; an unreadable file is an error at start.
+    pub(crate) fn load(&self) -> anyhow::Result<ticketrush_store::RedisTls> {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        Ok(ticketrush_store::RedisTls {
+            ca: self.redis_ca_file.as_ref().map(read).transpose()?,
+            client: match (&self.redis_cert_file, &self.redis_key_file) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        })
+    }
 }
 
 #[derive(Args)]
@@ -402,10 +434,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let started = ticketrush_server::start(config, store);
-    let writer = args.postgres.as_ref().map(|pg| {
-        let redis = redis_urls(&args.redis).expect("clap requires --redis with --postgres");
-        orders_cmd::start_writer(&redis, pg, &node_id, &started.node)
-    });
+    let writer = match &args.postgres {
+        Some(pg) => {
+            let redis = redis_urls(&args.redis).expect("clap requires --redis with --postgres");
+            let tls = args.redis_tls.load()?;
+            Some(orders_cmd::start_writer(
+                &redis,
+                tls,
+                pg,
+                &node_id,
+                &started.node,
+            ))
+        }
+        None => None,
+    };
     // The one line on stdout: tests and scripts read the address from it.
     println!("ticketrush listening on http://{addr} as {node_id}");
     tracing::info!(%addr, node = %node_id, "serving");
@@ -514,6 +556,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
         let config = RedisConfig {
             orders: args.postgres.is_some(),
             wait_replicas: args.redis_wait_replicas,
+            tls: args.redis_tls.load()?,
             ..RedisConfig::new(url.clone())
         };
         let store = RedisStore::connect(config)

@@ -24,6 +24,8 @@ pub struct AuditArgs {
     /// give several seeds of a Redis Cluster.
     #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url, conflicts_with = "data_dir")]
     redis: Vec<String>,
+    #[command(flatten)]
+    redis_tls: crate::RedisTlsArgs,
     /// The orders database: every reservation must have exactly one row in its state.
     #[arg(long, env = "TICKETRUSH_POSTGRES", requires = "redis", value_parser = parse_postgres_url)]
     postgres: Option<String>,
@@ -44,6 +46,8 @@ pub struct OrderWriterArgs {
     /// with commas) to give several seeds of a Redis Cluster.
     #[arg(long, env = "TICKETRUSH_REDIS", value_parser = crate::parse_redis_url, required = true)]
     redis: Vec<String>,
+    #[command(flatten)]
+    redis_tls: crate::RedisTlsArgs,
     /// The database of the orders table (created if missing).
     #[arg(long, env = "TICKETRUSH_POSTGRES", value_parser = parse_postgres_url)]
     postgres: String,
@@ -78,11 +82,15 @@ pub fn parse_postgres_url(s: &str) -> Result<String, String> {
 /// Starts the order writer of `serve --postgres` and shows its figures in `/metrics`.
 pub fn start_writer(
     redis: &str,
+    redis_tls: ticketrush_store::RedisTls,
     postgres: &str,
     node_id: &NodeId,
     node: &ticketrush_server::Node,
 ) -> OrderWriter {
-    let writer = OrderWriter::start(WriterConfig::new(redis, postgres, node_id.as_str()));
+    let writer = OrderWriter::start(WriterConfig {
+        redis_tls,
+        ..WriterConfig::new(redis, postgres, node_id.as_str())
+    });
     let stats = writer.stats.clone();
     node.metrics.extra.set(move |out| stats.render(out));
     let stats = writer.stats.clone();
@@ -107,11 +115,10 @@ pub async fn order_writer(
     OrdersDb::connect(&args.postgres)
         .await
         .context("cannot reach postgres")?;
-    let writer = OrderWriter::start(WriterConfig::new(
-        &args.redis.join(","),
-        &args.postgres,
-        consumer.as_str(),
-    ));
+    let writer = OrderWriter::start(WriterConfig {
+        redis_tls: args.redis_tls.load()?,
+        ..WriterConfig::new(&args.redis.join(","), &args.postgres, consumer.as_str())
+    });
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = match args.metrics_listen {
         Some(addr) => {
@@ -184,9 +191,13 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
 }
 
 async fn audit_redis(args: &AuditArgs, redis: &str) -> anyhow::Result<AuditReport> {
-    let store = RedisStore::connect(RedisConfig::new(redis))
-        .await
-        .context("cannot reach redis")?;
+    let tls = args.redis_tls.load()?;
+    let store = RedisStore::connect(RedisConfig {
+        tls: tls.clone(),
+        ..RedisConfig::new(redis)
+    })
+    .await
+    .context("cannot reach redis")?;
     let Some(pg) = &args.postgres else {
         return audit_store(&store, &args.sale, None).await;
     };
@@ -205,7 +216,7 @@ async fn audit_redis(args: &AuditArgs, redis: &str) -> anyhow::Result<AuditRepor
             .await?
             .with_context(|| format!("no sale {}", args.sale))?;
         let backlog = loop {
-            let b = ticketrush_orders::writer::backlog(redis, &args.sale).await?;
+            let b = ticketrush_orders::writer::backlog(redis, &tls, &args.sale).await?;
             if b.is_none_or(|n| n == 0) || Instant::now() >= deadline {
                 break b;
             }

@@ -20,4 +20,5 @@ mod pg;
 mod races;
 mod redis_cluster;
 mod redis_server;
+mod redis_tls;
 mod support;

@@ -406,9 +406,13 @@ async fn events_are_kept_for_writers_even_before_postgres_is_reachable() {
     .await
     .unwrap();
     create_sale(&with_orders, "kept", 10, 900).await;
-    let kept = ticketrush_orders::writer::backlog(&redis.url(), &SaleId::parse("kept").unwrap())
-        .await
-        .unwrap();
+    let kept = ticketrush_orders::writer::backlog(
+        &redis.url(),
+        &Default::default(),
+        &SaleId::parse("kept").unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(kept, Some(1), "the sale_created event waits for a writer");
 
     // A sale made by a node without --postgres is attached by a writer even while its
@@ -424,7 +428,7 @@ async fn events_are_kept_for_writers_even_before_postgres_is_reachable() {
     let writer = OrderWriter::start(writer_config(&redis, &dead_pg, "early"));
     let sale = SaleId::parse("later").unwrap();
     let attached = wait_until(Duration::from_secs(10), || async {
-        ticketrush_orders::writer::backlog(&redis.url(), &sale)
+        ticketrush_orders::writer::backlog(&redis.url(), &Default::default(), &sale)
             .await
             .unwrap()
             .is_some()
