@@ -81,19 +81,40 @@ async fn bounded<T>(
     }
 }
 
+/// Runs a connection until it closes.
+async fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "postgres connection closed");
+    }
+}
+
 impl OrdersDb {
-    /// Connects (bounded by `PG_TIMEOUT`) and creates the table if missing.
-    pub async fn connect(url: &str) -> OrdersResult<OrdersDb> {
+    /// Connects (bounded by `PG_TIMEOUT`) and creates the table if missing. TLS follows the
+    /// URL's `sslmode` (`crate::tls`), verified against `ca` (PEM) or the system's roots.
+    pub async fn connect(url: &str, ca: Option<&[u8]>) -> OrdersResult<OrdersDb> {
+        let (url, mode) = crate::tls::split_sslmode(url)
+            .map_err(|e| OrdersError::Bad(format!("bad postgres url: {e}")))?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| OrdersError::Bad(format!("bad postgres url: {e}")))?;
         config.connect_timeout(PG_TIMEOUT);
-        let (client, conn) = bounded("postgres connect", config.connect(NoTls)).await?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "postgres connection closed");
+        let tls = crate::tls::client_config(mode, ca).map_err(OrdersError::Bad)?;
+        let (client, connection) = match tls {
+            None => {
+                let (client, conn) = bounded("postgres connect", config.connect(NoTls)).await?;
+                (client, tokio::spawn(drive(conn)))
             }
-        });
+            Some((pg_mode, rustls_config)) => {
+                config.ssl_mode(pg_mode);
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config);
+                let (client, conn) = bounded("postgres connect", config.connect(connector)).await?;
+                (client, tokio::spawn(drive(conn)))
+            }
+        };
         let db = OrdersDb { client, connection };
         // The server gives up on a statement a little before the client does, so a statement
         // the writer abandoned does not keep running (and holding row locks) behind its retry.

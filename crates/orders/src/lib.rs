@@ -14,6 +14,7 @@
 
 pub mod db;
 pub mod events;
+pub mod tls;
 pub mod writer;
 
 pub use db::OrdersDb;

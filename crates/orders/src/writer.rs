@@ -47,6 +47,8 @@ pub struct WriterConfig {
     /// Certificates for `rediss://` URLs.
     pub redis_tls: ticketrush_store::RedisTls,
     pub postgres_url: String,
+    /// PEM CA certificates for a TLS `sslmode` (verify-ca, verify-full); none: system roots.
+    pub postgres_ca: Option<Vec<u8>>,
     /// This writer's consumer name in the group (the node id).
     pub consumer: String,
     /// Entries pending longer than this with another consumer are taken over: that writer is
@@ -62,6 +64,7 @@ impl WriterConfig {
             redis_url: redis_url.into(),
             redis_tls: ticketrush_store::RedisTls::default(),
             postgres_url: postgres_url.into(),
+            postgres_ca: None,
             consumer: consumer.into(),
             claim_idle: Duration::from_secs(10),
             poll_idle: Duration::from_millis(20),
@@ -282,7 +285,13 @@ impl Loop {
             self.last_housekeeping = Some(Instant::now());
         }
         if self.db.is_none() {
-            self.db = Some(OrdersDb::connect(&self.config.postgres_url).await?);
+            self.db = Some(
+                OrdersDb::connect(
+                    &self.config.postgres_url,
+                    self.config.postgres_ca.as_deref(),
+                )
+                .await?,
+            );
         }
         if self.streams.is_empty() {
             return Ok(false);

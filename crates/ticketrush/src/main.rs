@@ -47,7 +47,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a selling node (embedded store: all state in --data-dir).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a hello-world server on the same HTTP stack: the ceiling benchmarks compare against.
     Ceiling(CeilingArgs),
     /// Run the load-balancing gateway: nginx's smooth weighted round-robin over nodes.
@@ -162,6 +162,10 @@ struct ServeArgs {
     /// writer that follows the sales' event streams in Redis (needs --redis).
     #[arg(long, env = "TICKETRUSH_POSTGRES", requires = "redis", value_parser = orders_cmd::parse_postgres_url)]
     postgres: Option<String>,
+    /// PEM CA certificate(s) for a PostgreSQL URL with sslmode=verify-ca or verify-full
+    /// (default: the system's roots).
+    #[arg(long, env = "TICKETRUSH_POSTGRES_CA_FILE")]
+    postgres_ca_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -371,7 +375,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(a) => serve(a).await,
+            Command::Serve(a) => serve(*a).await,
             Command::Ceiling(a) => ceiling(a).await,
             Command::Gateway(a) => gateway(a.tier, a.drain).await,
             Command::NginxConf(_) | Command::Journal(_) | Command::Openapi => {
@@ -438,10 +442,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(pg) => {
             let redis = redis_urls(&args.redis).expect("clap requires --redis with --postgres");
             let tls = args.redis_tls.load()?;
+            let ca = orders_cmd::read_ca(args.postgres_ca_file.as_deref())?;
             Some(orders_cmd::start_writer(
                 &redis,
                 tls,
                 pg,
+                ca,
                 &node_id,
                 &started.node,
             ))

@@ -29,6 +29,10 @@ pub struct AuditArgs {
     /// The orders database: every reservation must have exactly one row in its state.
     #[arg(long, env = "TICKETRUSH_POSTGRES", requires = "redis", value_parser = parse_postgres_url)]
     postgres: Option<String>,
+    /// PEM CA certificate(s) for a PostgreSQL URL with sslmode=verify-ca or verify-full
+    /// (default: the system's roots).
+    #[arg(long, env = "TICKETRUSH_POSTGRES_CA_FILE")]
+    postgres_ca_file: Option<std::path::PathBuf>,
     /// An embedded store's data dir (the node must be stopped: the dir is locked while it runs).
     #[arg(long, env = "TICKETRUSH_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
@@ -51,6 +55,10 @@ pub struct OrderWriterArgs {
     /// The database of the orders table (created if missing).
     #[arg(long, env = "TICKETRUSH_POSTGRES", value_parser = parse_postgres_url)]
     postgres: String,
+    /// PEM CA certificate(s) for a PostgreSQL URL with sslmode=verify-ca or verify-full
+    /// (default: the system's roots).
+    #[arg(long, env = "TICKETRUSH_POSTGRES_CA_FILE")]
+    postgres_ca_file: Option<std::path::PathBuf>,
     /// This writer's name in the consumer group (unique per running writer).
     #[arg(long, env = "TICKETRUSH_CONSUMER", value_parser = parse_node_id)]
     consumer: Option<NodeId>,
@@ -70,11 +78,19 @@ fn parse_node_id(s: &str) -> Result<NodeId, String> {
     NodeId::parse(s).map_err(|e| e.to_string())
 }
 
+/// The PostgreSQL CA file's contents, if one was given.
+pub fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+        .transpose()
+}
+
 pub fn parse_postgres_url(s: &str) -> Result<String, String> {
     if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
         return Err(format!("{s:?} is not a postgres:// URL"));
     }
-    s.parse::<tokio_postgres::Config>()
+    let (without_sslmode, _) = ticketrush_orders::tls::split_sslmode(s)?;
+    without_sslmode
+        .parse::<tokio_postgres::Config>()
         .map(|_| s.to_string())
         .map_err(|e| format!("not a postgres URL: {e}"))
 }
@@ -84,11 +100,13 @@ pub fn start_writer(
     redis: &str,
     redis_tls: ticketrush_store::RedisTls,
     postgres: &str,
+    postgres_ca: Option<Vec<u8>>,
     node_id: &NodeId,
     node: &ticketrush_server::Node,
 ) -> OrderWriter {
     let writer = OrderWriter::start(WriterConfig {
         redis_tls,
+        postgres_ca,
         ..WriterConfig::new(redis, postgres, node_id.as_str())
     });
     let stats = writer.stats.clone();
@@ -112,11 +130,13 @@ pub async fn order_writer(
         NodeId::parse(&format!("writer-{}", &r.as_str()[..6])).expect("valid consumer name")
     });
     // Fail fast on a wrong URL or an unreachable database, then let the writer retry.
-    OrdersDb::connect(&args.postgres)
+    let ca = read_ca(args.postgres_ca_file.as_deref())?;
+    OrdersDb::connect(&args.postgres, ca.as_deref())
         .await
         .context("cannot reach postgres")?;
     let writer = OrderWriter::start(WriterConfig {
         redis_tls: args.redis_tls.load()?,
+        postgres_ca: ca,
         ..WriterConfig::new(&args.redis.join(","), &args.postgres, consumer.as_str())
     });
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -201,7 +221,8 @@ async fn audit_redis(args: &AuditArgs, redis: &str) -> anyhow::Result<AuditRepor
     let Some(pg) = &args.postgres else {
         return audit_store(&store, &args.sale, None).await;
     };
-    let db = OrdersDb::connect(pg)
+    let ca = read_ca(args.postgres_ca_file.as_deref())?;
+    let db = OrdersDb::connect(pg, ca.as_deref())
         .await
         .context("cannot reach postgres")?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);

@@ -133,7 +133,7 @@ fn fill(path: &Path) {
     let _ = f.sync_all();
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()

@@ -17,6 +17,7 @@ mod journal;
 mod openapi;
 mod orders;
 mod pg;
+mod pg_tls;
 mod races;
 mod redis_cluster;
 mod redis_server;

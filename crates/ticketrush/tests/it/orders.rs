@@ -36,7 +36,7 @@ async fn redis_store(redis: &RedisServer) -> Arc<RedisStore> {
 async fn audit(store: &RedisStore, db: &TestDb, sale: &str) -> Option<String> {
     let sale = SaleId::parse(sale).unwrap();
     let snap = store.snapshot(&sale).await.unwrap().unwrap();
-    let orders = OrdersDb::connect(&db.url()).await.unwrap();
+    let orders = OrdersDb::connect(&db.url(), None).await.unwrap();
     let rows = orders.rows_of(&sale).await.unwrap();
     let report = audit_sale(&snap.view, &snap.reservations, Some(&rows));
     (!report.passed()).then(|| report.violations.join("\n"))
@@ -144,7 +144,7 @@ async fn rows_follow_reserve_pay_cancel_and_expire() {
 #[tokio::test]
 async fn duplicate_and_reordered_delivery_is_harmless() {
     let db = TestDb::create().await;
-    let orders = OrdersDb::connect(&db.url()).await.unwrap();
+    let orders = OrdersDb::connect(&db.url(), None).await.unwrap();
     let reserved = Reservation {
         id: ReservationId::parse("dup.S").unwrap(),
         sale_id: SaleId::parse("S").unwrap(),
@@ -182,7 +182,7 @@ async fn a_writer_killed_mid_batch_leaves_nothing_unwritten_or_doubled() {
     let store = redis_store(&redis).await;
     create_sale(&store, "crash", 20_000, 900).await;
     // The orders table exists before the victim starts, so rows can be counted at once.
-    drop(OrdersDb::connect(&db.url()).await.unwrap());
+    drop(OrdersDb::connect(&db.url(), None).await.unwrap());
     let mut victim = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketrush"))
         .args([
             "order-writer",

@@ -30,7 +30,7 @@ fn openssl(dir: &Path, args: &str) {
 /// A P-256 key (`NAME.key`) and a certificate for it (`NAME.crt`) with `subject`, signed by
 /// the CA `CA` (`CA.crt`, `CA.key`) with the extensions `ext` (extensions make it X.509 v3,
 /// which rustls requires).
-fn signed_cert(dir: &Path, name: &str, subject: &str, ca: &str, ext: &str) {
+pub(crate) fn signed_cert(dir: &Path, name: &str, subject: &str, ca: &str, ext: &str) {
     openssl(
         dir,
         &format!(
@@ -50,7 +50,7 @@ fn signed_cert(dir: &Path, name: &str, subject: &str, ca: &str, ext: &str) {
 
 /// A CA (`NAME-ca.crt`) and, signed by it, a server certificate for 127.0.0.1 (`NAME.crt`,
 /// `NAME.key`).
-fn ca_and_cert(dir: &Path, name: &str) {
+pub(crate) fn ca_and_cert(dir: &Path, name: &str) {
     openssl(
         dir,
         &format!(
@@ -80,7 +80,7 @@ impl Drop for TlsRedis {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -167,7 +167,7 @@ fn tls_redis(certs: &Path) -> TlsRedis {
     }
 }
 
-fn path(dir: &Path, f: &str) -> String {
+pub(crate) fn path(dir: &Path, f: &str) -> String {
     dir.join(f).to_str().unwrap().to_string()
 }
 
