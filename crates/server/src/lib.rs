@@ -1,9 +1,12 @@
 //! A ticketrush node over HTTP: routes, the reservation flow with its sold-out gate and batcher,
 //! the background tasks, and metrics.
 //!
-//! [`start`] wires a node for a store and returns its router and background tasks; [`http::serve`]
-//! runs the router on a listener. The binary and the integration tests both go through these.
+//! [`Application`] is how a node is started (the binary, `demo` and the tests all go through
+//! it): built on a listener from a config and a store, it serves until a shutdown future
+//! completes. Underneath, [`start`] wires the node and its background tasks and
+//! [`http::serve`] runs the router on a listener.
 
+pub mod app;
 pub mod auth;
 pub mod batcher;
 pub mod body;
@@ -23,6 +26,7 @@ use std::sync::Arc;
 
 use ticketrush_store::Store;
 
+pub use app::{Application, Running};
 pub use node::{Node, NodeConfig};
 pub use routes::app;
 pub use tasks::Background;

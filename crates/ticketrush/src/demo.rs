@@ -358,8 +358,8 @@ struct DemoNode {
 #[derive(Default)]
 struct Tier {
     nodes: Vec<DemoNode>,
-    /// The nodes' serving tasks, in the order of `nodes`; emptied by `stop`.
-    serving: Vec<Served>,
+    /// The nodes, serving, in the order of `nodes`; emptied by `stop`.
+    serving: Vec<ticketrush_server::Running>,
     gateway: Option<Served>,
 }
 
@@ -409,18 +409,12 @@ impl Tier {
         if let Some(g) = self.gateway.take() {
             g.stop("the gateway").await;
         }
-        let serving = std::mem::take(&mut self.serving);
-        let tasks: Vec<_> = serving
-            .into_iter()
-            .map(|s| {
-                let _ = s.stop.send(());
-                s.task
-            })
-            .collect();
-        for t in tasks {
-            if let Err(e) = t.await {
-                tracing::warn!(error = %e, "a node did not stop cleanly");
-            }
+        let mut serving = std::mem::take(&mut self.serving);
+        for s in &mut serving {
+            s.begin_stop();
+        }
+        for s in serving {
+            s.stop().await;
         }
     }
 }
@@ -429,7 +423,7 @@ async fn start_node(
     i: u32,
     store: Arc<dyn Store>,
     sale: &SaleId,
-) -> anyhow::Result<(DemoNode, Served)> {
+) -> anyhow::Result<(DemoNode, ticketrush_server::Running)> {
     let id = NodeId::parse(&format!("node-{i}")).expect("a valid node id");
     let config = NodeConfig {
         node_id: id.clone(),
@@ -441,27 +435,18 @@ async fn start_node(
         default_sale: Some(sale.clone()),
         user_auth: None,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let app = ticketrush_server::Application::bind(config, store, loopback)
         .await
         .with_context(|| format!("cannot listen on a loopback port for node {i}"))?;
-    let addr = listener.local_addr()?;
-    let started = ticketrush_server::start(config, store);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let router = started.router.clone();
-    let task = tokio::spawn(async move {
-        ticketrush_server::http::serve(listener, router, async {
-            let _ = stopped.await;
-        })
-        .await;
-        started.shutdown().await;
-    });
+    let addr = app.addr();
     Ok((
         DemoNode {
             id,
             weight: i,
             addr,
         },
-        Served { stop, task },
+        app.spawn(),
     ))
 }
 

@@ -433,11 +433,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         default_sale: args.sales.first().map(|(id, _)| id.clone()),
         user_auth,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let app = ticketrush_server::Application::bind(config, store, args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let started = ticketrush_server::start(config, store);
+    let addr = app.addr();
     let writer = match &args.postgres {
         Some(pg) => {
             let redis = redis_urls(&args.redis).expect("clap requires --redis with --postgres");
@@ -449,7 +448,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 pg,
                 ca,
                 &node_id,
-                &started.node,
+                app.node(),
             ))
         }
         None => None,
@@ -457,15 +456,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The one line on stdout: tests and scripts read the address from it.
     println!("ticketrush listening on http://{addr} as {node_id}");
     tracing::info!(%addr, node = %node_id, "serving");
-    let node = started.node.clone();
-    ticketrush_server::http::serve(
-        listener,
-        started.router.clone(),
-        drained(&args.drain, move || node.begin_drain()),
-    )
-    .await;
-    tracing::info!("shutting down");
-    started.shutdown().await;
+    let node = app.node().clone();
+    app.run(drained(&args.drain, move || node.begin_drain()))
+        .await;
+    tracing::info!("stopped");
     if let Some(w) = writer {
         w.stop().await;
     }

@@ -27,8 +27,7 @@ use crate::support::{config, wait_until, Client, TempDir};
 /// A node named `id` served on `listener`, with its own store; stopped on `stop` or drop.
 struct Node {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<()>>,
+    running: ticketrush_server::Running,
     _dir: TempDir,
 }
 
@@ -40,33 +39,18 @@ impl Node {
     async fn start_on(id: &str, listener: TcpListener) -> Node {
         let dir = TempDir::new("gw-node");
         let (store, _) = EmbeddedStore::open(&dir.0).expect("open store");
-        let started = ticketrush_server::start(config(id), Arc::new(store));
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let router = started.router.clone();
-        let served = tokio::spawn(async move {
-            ticketrush_server::http::serve(listener, router, async {
-                let _ = stopped.await;
-            })
-            .await;
-            started.shutdown().await;
-        });
+        let app =
+            ticketrush_server::Application::on(config(id), Arc::new(store), listener).unwrap();
         Node {
-            addr,
-            stop: Some(stop),
-            served: Some(served),
+            addr: app.addr(),
+            running: app.spawn(),
             _dir: dir,
         }
     }
 
     /// Stops accepting, closes its connections (they are idle between requests) and waits.
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.served.take() {
-            let _ = h.await;
-        }
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use ticketrush_core::NodeId;
 use ticketrush_server::NodeConfig;
 use ticketrush_store::EmbeddedStore;
-use tokio::sync::oneshot;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -53,8 +52,7 @@ pub fn config(node_id: &str) -> NodeConfig {
 pub struct TestNode {
     pub addr: SocketAddr,
     pub client: Client,
-    stop: Option<oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<()>>,
+    running: ticketrush_server::Running,
     pub dir: TempDir,
 }
 
@@ -85,47 +83,28 @@ impl TestNode {
         dir: TempDir,
         grace: std::time::Duration,
     ) -> TestNode {
-        let started = ticketrush_server::start(config, store);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let router = started.router.clone();
-        let served = tokio::spawn(async move {
-            ticketrush_server::http::serve_with_grace(
-                listener,
-                router,
-                async {
-                    let _ = stopped.await;
-                },
-                grace,
-            )
-            .await;
-            started.shutdown().await;
-        });
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let app = ticketrush_server::Application::bind(config, store, loopback)
+            .await
+            .unwrap()
+            .with_idle_grace(grace);
+        let addr = app.addr();
         TestNode {
             addr,
             client: Client::new(addr),
-            stop: Some(stop),
-            served: Some(served),
+            running: app.spawn(),
             dir,
         }
     }
 
     /// Signals the node to stop (it stops accepting and drains) without waiting.
     pub fn begin_stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        self.running.begin_stop();
     }
 
     /// Stops serving and waits for the node's tasks to finish.
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.served.take() {
-            let _ = h.await;
-        }
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
