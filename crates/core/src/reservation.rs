@@ -26,6 +26,18 @@ impl ReservationState {
         }
     }
 
+    /// The state named by `as_str`'s text (`reserved`, `paid`, `cancelled`, `expired`): the
+    /// one way stored states are read back (journal records, Redis records, order rows).
+    pub fn parse(s: &str) -> Option<ReservationState> {
+        Some(match s {
+            "reserved" => ReservationState::Reserved,
+            "paid" => ReservationState::Paid,
+            "cancelled" => ReservationState::Cancelled,
+            "expired" => ReservationState::Expired,
+            _ => return None,
+        })
+    }
+
     /// Whether the ticket still counts against the user's limit (reserved or paid).
     pub fn holds_ticket(self) -> bool {
         matches!(self, ReservationState::Reserved | ReservationState::Paid)

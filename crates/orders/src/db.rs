@@ -163,13 +163,8 @@ impl OrdersDb {
             .map(|row| {
                 let bad = |what: &str| OrdersError::Bad(format!("order row with a bad {what}"));
                 let id: &str = row.get(0);
-                let state = match row.get::<_, &str>(3) {
-                    "reserved" => ReservationState::Reserved,
-                    "paid" => ReservationState::Paid,
-                    "cancelled" => ReservationState::Cancelled,
-                    "expired" => ReservationState::Expired,
-                    _ => return Err(bad("state")),
-                };
+                let state =
+                    ReservationState::parse(row.get::<_, &str>(3)).ok_or_else(|| bad("state"))?;
                 Ok(Reservation {
                     id: ReservationId::parse(id).map_err(|_| bad("reservation_id"))?,
                     sale_id: SaleId::parse(row.get(1)).map_err(|_| bad("sale_id"))?,

@@ -78,21 +78,27 @@ pub(crate) fn client_config(
         SslMode::Prefer => PgSslMode::Prefer,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
     };
-    let roots = Arc::new(roots(ca)?);
-    let webpki = WebPkiServerVerifier::builder(roots.clone())
-        .build()
-        .map_err(|e| format!("cannot build the certificate verifier: {e}"))?;
     let config = match mode {
         SslMode::VerifyFull => ClientConfig::builder()
-            .with_root_certificates(roots)
+            .with_root_certificates(Arc::new(roots(ca)?))
             .with_no_client_auth(),
-        _ => ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier {
-                webpki,
-                check_chain: mode == SslMode::VerifyCa,
-            }))
-            .with_no_client_auth(),
+        _ => {
+            // Roots only where a chain is checked: `require` and `prefer` need none.
+            let chain = match mode {
+                SslMode::VerifyCa => Some(
+                    WebPkiServerVerifier::builder(Arc::new(roots(ca)?))
+                        .build()
+                        .map_err(|e| format!("cannot build the certificate verifier: {e}"))?,
+                ),
+                _ => None,
+            };
+            let algorithms =
+                rustls::crypto::ring::default_provider().signature_verification_algorithms;
+            ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Verifier { chain, algorithms }))
+                .with_no_client_auth()
+        }
     };
     Ok(Some((pg_mode, config)))
 }
@@ -135,8 +141,9 @@ fn rustls_pemfile_certs(
 /// signatures are checked either way.
 #[derive(Debug)]
 struct Verifier {
-    webpki: Arc<WebPkiServerVerifier>,
-    check_chain: bool,
+    /// `verify-ca`: the chain is checked with this (the name is not).
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for Verifier {
@@ -148,13 +155,10 @@ impl ServerCertVerifier for Verifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if !self.check_chain {
+        let Some(chain) = &self.chain else {
             return Ok(ServerCertVerified::assertion());
-        }
-        match self
-            .webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -168,7 +172,7 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -177,11 +181,11 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Script, Value};
 use ticketrush_core::SaleId;
-use ticketrush_store::redis_store::{events_key, sale_keys, Conn, SALES_KEY};
+use ticketrush_store::redis_store::{events_key, Conn, SaleKeys, SALES_KEY};
 use tokio::sync::watch;
 
 use crate::events::{latest_per_reservation, parse_entries, parse_read, Entry};
@@ -332,11 +332,11 @@ impl Loop {
             if self.streams.len() >= STREAMS_MAX || self.streams.iter().any(|s| s.sale == sale) {
                 continue;
             }
-            let keys = sale_keys(&sale);
+            let keys = SaleKeys::of(&sale);
             let attached: i64 = redis_call(
                 self.attach
-                    .key(&keys[0])
-                    .key(&keys[6])
+                    .key(&keys.sale)
+                    .key(&keys.events)
                     .arg(GROUP)
                     .invoke_async(conn),
             )

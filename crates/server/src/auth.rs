@@ -57,6 +57,14 @@ impl UserAuth {
     ) -> Result<UserAuth, String> {
         let (key, algorithm) = match source {
             KeySource::Secret(s) => {
+                if s.starts_with(b"-----BEGIN") {
+                    return Err(
+                        "the JWT secret file holds a PEM key; give a public key with \
+                                --jwt-public-key-file (a public key used as an HS256 secret \
+                                lets anyone who has it forge tokens)"
+                            .into(),
+                    );
+                }
                 if s.len() < 32 {
                     return Err(format!(
                         "the JWT secret is {} bytes; HS256 needs at least 32",
@@ -82,6 +90,7 @@ impl UserAuth {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
@@ -114,11 +123,13 @@ impl UserAuth {
         if value.len() > TOKEN_BYTES_MAX {
             return Err(ApiError::token("the token is too long"));
         }
+        // The scheme is case-insensitive (RFC 7235).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
             .ok_or_else(|| ApiError::token("this needs Authorization: Bearer <JWT>"))?;
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
@@ -158,5 +169,45 @@ pub fn acting_user(
                 _ => Ok(proven),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_key_is_not_taken_as_a_secret_and_short_secrets_are_refused() {
+        let pem = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA...\n-----END PUBLIC KEY-----\n";
+        let e = UserAuth::new(KeySource::Secret(pem), None, None).unwrap_err();
+        assert!(e.contains("--jwt-public-key-file"), "{e}");
+        assert!(UserAuth::new(KeySource::Secret(b"short"), None, None).is_err());
+        assert!(UserAuth::new(KeySource::PublicKeyPem(b"not a key"), None, None).is_err());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_required() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let auth = UserAuth::new(KeySource::Secret(secret), None, None).unwrap();
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "ann", "exp": jsonwebtoken::get_current_timestamp() + 60}),
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::header::AUTHORIZATION,
+                format!("{scheme} {token}").parse().unwrap(),
+            );
+            assert_eq!(auth.user_of(&h).unwrap().as_str(), "ann", "{scheme}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Basic {token}").parse().unwrap(),
+        );
+        assert_eq!(auth.user_of(&h).unwrap_err().status, 401);
     }
 }

@@ -4,8 +4,8 @@
 //! The figures are the store's truth for stock (every sale in the store, so in cluster mode the
 //! whole sale, not this node's share), this node's counters for outcomes, and a latency window
 //! of the last seconds. One computation serves every viewer and every Prometheus scrape for
-//! `STATS_MAX_AGE`, so a room full of open dashboards costs the store two reads a second, not
-//! one per viewer.
+//! `STATS_MAX_AGE`, so a room full of open dashboards costs the store at most two listings of
+//! its sales a second (on Redis: the set of ids and one read per sale), not that per viewer.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -176,8 +176,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotReplicated(m) => {
                 log_unavailable(&m);
                 ApiError::unavailable(
-                    "the store applied the change but could not replicate it in time; \
-                     look it up or retry shortly",
+                    "the store applied the change but could not replicate it in time, so it \
+                     may not survive a failover; retry shortly (with the same Idempotency-Key)",
                 )
             }
         }

@@ -263,7 +263,7 @@ fn read_rows(conn: &Connection, sale: Option<&SaleId>) -> rusqlite::Result<Vec<R
             id: ReservationId::parse(&id).map_err(|_| bad("reservation_id"))?,
             sale_id: SaleId::parse(&sale).map_err(|_| bad("sale_id"))?,
             user_id: UserId::parse(&user).map_err(|_| bad("user_id"))?,
-            state: parse_state(&state).ok_or_else(|| bad("state"))?,
+            state: ReservationState::parse(&state).ok_or_else(|| bad("state"))?,
             created_at: time(&created)?,
             expires_at: time(&expires)?,
             paid_at: paid.as_deref().map(time).transpose()?,
@@ -271,16 +271,6 @@ fn read_rows(conn: &Connection, sale: Option<&SaleId>) -> rusqlite::Result<Vec<R
         });
     }
     Ok(out)
-}
-
-fn parse_state(s: &str) -> Option<ReservationState> {
-    Some(match s {
-        "reserved" => ReservationState::Reserved,
-        "paid" => ReservationState::Paid,
-        "cancelled" => ReservationState::Cancelled,
-        "expired" => ReservationState::Expired,
-        _ => return None,
-    })
 }
 
 struct Follower {

@@ -36,8 +36,12 @@ use redis::{
 
 /// Slots in a Redis Cluster.
 pub const SLOTS: usize = 16_384;
-/// Redirections and retries one call may follow before its error is returned.
+/// Redirections (MOVED, ASK) one call may follow before its error is returned.
 const ATTEMPTS_MAX: usize = 6;
+/// Retries of a call the cluster asked to retry (TRYAGAIN during a slot migration,
+/// CLUSTERDOWN or MASTERDOWN during a failover): `RETRY_PAUSE` apart, 1.5 s in all, within the
+/// caller's 2 s bound.
+const RETRIES_MAX: usize = 30;
 /// Least time between two background reads of the slot map.
 const REFRESH_INTERVAL_MIN: Duration = Duration::from_millis(200);
 /// Pause before retrying a call the cluster asked to retry (TRYAGAIN, CLUSTERDOWN, …).
@@ -271,15 +275,22 @@ impl ClusterConn {
         Ok(ClusterConn { router })
     }
 
-    /// Sends `cmd` (keyless, such as `WAIT`) to the master of `key`'s slot, on the connection
-    /// that key's calls use.
-    pub async fn on_node_of(&self, key: &str, cmd: &Cmd) -> RedisResult<i64> {
-        let addr = self
-            .router
-            .pick(Route::Slot(slot_of(key.as_bytes())))?
-            .remove(0);
-        let mut conn = self.router.node(&addr).await?;
-        cmd.query_async(&mut conn).await
+    /// PING each known master in turn until one answers.
+    pub async fn ping_any(&self) -> RedisResult<()> {
+        let mut last = None;
+        for addr in self.masters() {
+            let attempt = async {
+                let mut conn = self.router.node(&addr).await?;
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            };
+            match tokio::time::timeout(self.router.timeout, attempt).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(RedisError::from((ErrorKind::Io, "PING timed out", addr))),
+            }
+        }
+        self.router.refresh_soon();
+        Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Io, "no known master"))))
     }
 
     /// The masters in the current slot map (`host:port`).
@@ -453,17 +464,28 @@ impl Router {
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
         if route == Route::AllMasters {
-            // SCRIPT LOAD: every master must have the script; the first answer is returned.
+            // SCRIPT LOAD: every master that answers gets the script (one that is down loads it
+            // on its next NOSCRIPT); the first answer is returned.
             let mut first = None;
+            let mut last_error = None;
             for addr in self.pick(route)? {
-                let conn = self.node(&addr).await?;
-                let answer = send(conn, false).await?;
-                first.get_or_insert(answer);
+                let answer = match self.node(&addr).await {
+                    Ok(conn) => send(conn, false).await,
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(a) => {
+                        first.get_or_insert(a);
+                    }
+                    Err(e) => last_error = Some(e),
+                }
             }
-            return first.ok_or_else(|| RedisError::from((ErrorKind::Io, "no known master")));
+            return first.ok_or_else(|| {
+                last_error.unwrap_or_else(|| RedisError::from((ErrorKind::Io, "no known master")))
+            });
         }
         let mut redirect: Option<(String, bool)> = None;
-        let mut attempt = 0;
+        let (mut attempt, mut retries) = (0, 0);
         loop {
             attempt += 1;
             let (addr, asking) = match redirect.take() {
@@ -510,7 +532,9 @@ impl Router {
             ]
             .into_iter()
             .any(|k| server_error(k)(&err));
-            if retry_later {
+            if retry_later && retries < RETRIES_MAX {
+                retries += 1;
+                attempt -= 1;
                 self.refresh_soon();
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;

@@ -161,18 +161,51 @@ impl Scripts {
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
 
-/// The keys of one sale, in the order every script expects (see `lua/prelude.lua`).
-pub fn sale_keys(sale: &SaleId) -> [String; 7] {
-    let tag = format!("{{sale:{sale}}}");
-    [
-        format!("{tag}:sale"),
-        format!("{tag}:leases"),
-        format!("{tag}:users"),
-        format!("{tag}:idem"),
-        format!("{tag}:res"),
-        format!("{tag}:due"),
-        format!("{tag}:events"),
-    ]
+/// The keys of one sale, all under the hash tag `{sale:ID}` (one Redis Cluster slot). Only
+/// the scripts in `lua/` write them; Rust reads a few by name.
+pub struct SaleKeys {
+    /// The sale's hash: spec, pool and counts.
+    pub sale: String,
+    /// First-version leases (read and taken back, never written anew).
+    pub leases: String,
+    /// Tickets held per user (the per-user limit).
+    pub users: String,
+    /// Idempotency keys.
+    pub idem: String,
+    /// Reservation records by id.
+    pub res: String,
+    /// Hold deadlines (the reaper's index).
+    pub due: String,
+    /// The event stream the order writers follow.
+    pub events: String,
+}
+
+impl SaleKeys {
+    pub fn of(sale: &SaleId) -> SaleKeys {
+        let tag = format!("{{sale:{sale}}}");
+        SaleKeys {
+            sale: format!("{tag}:sale"),
+            leases: format!("{tag}:leases"),
+            users: format!("{tag}:users"),
+            idem: format!("{tag}:idem"),
+            res: format!("{tag}:res"),
+            due: format!("{tag}:due"),
+            events: format!("{tag}:events"),
+        }
+    }
+
+    /// KEYS[1..7] of every script, in `lua/prelude.lua`'s order.
+    pub fn in_script_order(&self) -> [&str; 7] {
+        [
+            &self.sale,
+            &self.leases,
+            &self.users,
+            &self.idem,
+            &self.res,
+            &self.due,
+            &self.events,
+        ]
+    }
 }
 
 /// The key of a sale's event stream (the order writer reads it).
@@ -266,19 +299,12 @@ impl Conn {
         matches!(self, Conn::Cluster(_))
     }
 
-    /// `WAIT replicas timeout` on the connection the writes to `key` went over, so it covers
-    /// them; answers how many replicas confirmed.
-    pub async fn wait_replicas(
-        &self,
-        key: &str,
-        replicas: u32,
-        timeout: Duration,
-    ) -> redis::RedisResult<i64> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(timeout.as_millis() as u64);
+    /// Whether Redis answers: PING on a single server; on a cluster, on any master (a node
+    /// with one master down still sells the other masters' sales, so it stays ready).
+    pub async fn ping(&self) -> redis::RedisResult<()> {
         match self {
-            Conn::Single(c) => wait.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => c.on_node_of(key, &wait).await,
+            Conn::Single(c) => redis::cmd("PING").query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => c.ping_any().await,
         }
     }
 }
@@ -326,6 +352,8 @@ pub struct RedisStore {
     /// a pass skips the sales not due, so a store of many sales costs a call per sale only
     /// when a hold of it is due, not every pass (bounded by `SALES_MAX` entries).
     next_reap: std::sync::Mutex<std::collections::HashMap<SaleId, i64>>,
+    /// The last list of sale ids read (see `sale_ids`); at most `SALES_MAX`.
+    known_sales: std::sync::Mutex<Vec<SaleId>>,
 }
 
 impl RedisStore {
@@ -342,6 +370,7 @@ impl RedisStore {
             calls: AtomicU64::new(0),
             reap_turn: AtomicU64::new(0),
             next_reap: std::sync::Mutex::new(std::collections::HashMap::new()),
+            known_sales: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -379,26 +408,71 @@ impl RedisStore {
         sale: &SaleId,
         args: &[&str],
     ) -> StoreResult<Vec<String>> {
-        let reply = self.run(script, sale, args).await?;
         let wanted = self.config.wait_replicas;
-        if wanted > 0 {
-            let key = &sale_keys(sale)[0];
-            let confirmed = self
-                .bounded(self.conn.wait_replicas(key, wanted, WAIT_REPLICAS_TIMEOUT))
-                .await?;
-            if confirmed < i64::from(wanted) {
-                return Err(StoreError::NotReplicated(format!(
-                    "{confirmed} of {wanted} replica(s) confirmed within {WAIT_REPLICAS_TIMEOUT:?}"
-                )));
+        if wanted == 0 {
+            return self.run(script, sale, args).await;
+        }
+        // The script and its WAIT in one pipeline: one node, one connection, WAIT right after
+        // the write it must cover (a redirection, a map refresh or a reconnect between two
+        // separate calls could send WAIT somewhere that never saw the write).
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(script.get_hash()).arg(7);
+        for k in SaleKeys::of(sale).in_script_order() {
+            evalsha.arg(k);
+        }
+        for a in args {
+            evalsha.arg(*a);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(evalsha)
+            .cmd("WAIT")
+            .arg(wanted)
+            .arg(WAIT_REPLICAS_TIMEOUT.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        for attempt in 0..2 {
+            self.calls.fetch_add(1, Relaxed);
+            let answer = tokio::time::timeout(
+                self.config.op_timeout,
+                pipe.query_async::<(Vec<String>, i64)>(&mut conn),
+            )
+            .await;
+            match answer {
+                Ok(Ok((reply, confirmed))) => {
+                    if confirmed < i64::from(wanted) {
+                        return Err(StoreError::NotReplicated(format!(
+                            "{confirmed} of {wanted} replica(s) confirmed within {WAIT_REPLICAS_TIMEOUT:?}"
+                        )));
+                    }
+                    return script_reply(reply);
+                }
+                Ok(Err(e))
+                    if attempt == 0
+                        && e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // A restarted or promoted master without the script: load it, once.
+                    let _: String = self.bounded(script.load_async(&mut conn)).await?;
+                }
+                // Whatever else happened, the write may have been applied and is not known to
+                // be replicated: never acknowledged, never confirmed by a lookup.
+                Ok(Err(e)) => return Err(StoreError::NotReplicated(format!("redis: {e}"))),
+                Err(_) => {
+                    return Err(StoreError::NotReplicated(format!(
+                        "redis did not answer within {:?}",
+                        self.config.op_timeout
+                    )))
+                }
             }
         }
-        Ok(reply)
+        Err(StoreError::NotReplicated(
+            "the script could not be loaded".into(),
+        ))
     }
 
     /// Calls a script on a sale's keys; answers the fields after 'OK', or the refusal.
     async fn run(&self, script: &Script, sale: &SaleId, args: &[&str]) -> StoreResult<Vec<String>> {
         let mut inv = script.prepare_invoke();
-        for k in sale_keys(sale) {
+        for k in SaleKeys::of(sale).in_script_order() {
             inv.key(k);
         }
         for a in args {
@@ -406,18 +480,11 @@ impl RedisStore {
         }
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
-        let mut it = reply.into_iter();
-        match it.next().as_deref() {
-            Some("OK") => Ok(it.collect()),
-            Some("E") => Err(refusal(it.next().as_deref().unwrap_or(""))),
-            other => Err(StoreError::Unavailable(format!(
-                "unexpected script reply {other:?}"
-            ))),
-        }
+        script_reply(reply)
     }
 
     async fn sale_view(&self, id: &SaleId) -> StoreResult<Option<SaleView>> {
-        let key = &sale_keys(id)[0];
+        let key = &SaleKeys::of(id).sale;
         let mut conn = self.conn.clone();
         let fields: Vec<Option<String>> = self
             .bounded(
@@ -430,19 +497,34 @@ impl RedisStore {
         parse_view(&fields)
     }
 
+    /// Every sale id. On a cluster the list lives on one master: while it is down, the last
+    /// list read stands in, so the reaper and reads of the other masters' sales go on.
     async fn sale_ids(&self) -> StoreResult<Vec<SaleId>> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = self
-            .bounded(redis::cmd("SMEMBERS").arg(SALES_KEY).query_async(&mut conn))
-            .await?;
-        let mut ids: Vec<SaleId> = ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect();
-        ids.sort();
-        Ok(ids)
+        let read = self
+            .bounded(
+                redis::cmd("SMEMBERS")
+                    .arg(SALES_KEY)
+                    .query_async::<Vec<String>>(&mut conn),
+            )
+            .await;
+        let mut known = self.known_sales.lock().unwrap_or_else(|p| p.into_inner());
+        match read {
+            Ok(ids) => {
+                let mut ids: Vec<SaleId> =
+                    ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect();
+                ids.sort();
+                known.clone_from(&ids);
+                Ok(ids)
+            }
+            Err(_) if !known.is_empty() => Ok(known.clone()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every reservation of a sale, read with HSCAN in bounded pages (not one huge reply).
     async fn all_reservations(&self, sale: &SaleId) -> StoreResult<Vec<Reservation>> {
-        let key = &sale_keys(sale)[4];
+        let key = &SaleKeys::of(sale).res;
         let mut out = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -639,6 +721,18 @@ impl RedisStore {
     }
 }
 
+/// A script's answer: the fields after 'OK', or its refusal.
+fn script_reply(reply: Vec<String>) -> StoreResult<Vec<String>> {
+    let mut it = reply.into_iter();
+    match it.next().as_deref() {
+        Some("OK") => Ok(it.collect()),
+        Some("E") => Err(refusal(it.next().as_deref().unwrap_or(""))),
+        other => Err(StoreError::Unavailable(format!(
+            "unexpected script reply {other:?}"
+        ))),
+    }
+}
+
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
@@ -692,13 +786,7 @@ pub fn parse_record(id: ReservationId, sale: &SaleId, record: &str) -> StoreResu
     let bad = || StoreError::Unavailable(format!("stored reservation unreadable: {record:?}"));
     let mut f = record.splitn(6, ' ');
     let mut next = || f.next().ok_or_else(bad);
-    let state = match next()? {
-        "reserved" => ReservationState::Reserved,
-        "paid" => ReservationState::Paid,
-        "cancelled" => ReservationState::Cancelled,
-        "expired" => ReservationState::Expired,
-        _ => return Err(bad()),
-    };
+    let state = ReservationState::parse(next()?).ok_or_else(bad)?;
     let created_at = UnixMs(parse_num(next()?)?);
     let expires_at = UnixMs(parse_num(next()?)?);
     let paid_ms = parse_num(next()?)?;
@@ -830,7 +918,7 @@ impl Store for RedisStore {
             let record: Option<String> = self
                 .bounded(
                     redis::cmd("HGET")
-                        .arg(&sale_keys(&sale)[4])
+                        .arg(&SaleKeys::of(&sale).res)
                         .arg(id.as_str())
                         .query_async(&mut conn),
                 )
@@ -870,13 +958,7 @@ impl Store for RedisStore {
     }
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let _: String = self
-                .bounded(redis::cmd("PING").query_async(&mut conn))
-                .await?;
-            Ok(())
-        })
+        Box::pin(async move { self.bounded(self.conn.ping()).await })
     }
 }
 
@@ -886,11 +968,11 @@ mod tests {
 
     #[test]
     fn keys_of_a_sale_share_one_hash_tag() {
-        let keys = sale_keys(&SaleId::parse("G1:2nd").unwrap());
-        for k in &keys {
+        let keys = SaleKeys::of(&SaleId::parse("G1:2nd").unwrap());
+        for k in keys.in_script_order() {
             assert!(k.starts_with("{sale:G1:2nd}:"), "{k}");
         }
-        assert_eq!(keys[6], events_key(&SaleId::parse("G1:2nd").unwrap()));
+        assert_eq!(keys.events, events_key(&SaleId::parse("G1:2nd").unwrap()));
     }
 
     #[test]

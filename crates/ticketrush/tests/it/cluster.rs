@@ -162,7 +162,7 @@ async fn scripts_take_back_first_version_leases_once_lapsed() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
     s.create_sale(sale("v1", 10, 1, 60)).await.unwrap();
-    let keys = ticketrush_store::redis_store::sale_keys(&sid("v1"));
+    let keys = ticketrush_store::redis_store::SaleKeys::of(&sid("v1"));
     let now = s.now().0;
     // Two leases as the first version's `lease.lua` wrote them: 4 unsold, lapsing soon; 2
     // unsold, lapsing in an hour.
@@ -174,10 +174,10 @@ async fn scripts_take_back_first_version_leases_once_lapsed() {
     let soon = format!("4 {} n1", now + 300);
     let later = format!("2 {} n2", now + 3_600_000);
     let _: () = redis::pipe()
-        .hset(&keys[1], "1", &soon)
-        .hset(&keys[1], "2", &later)
-        .hincr(&keys[0], "pool", -6)
-        .hincr(&keys[0], "leased", 6)
+        .hset(&keys.leases, "1", &soon)
+        .hset(&keys.leases, "2", &later)
+        .hincr(&keys.sale, "pool", -6)
+        .hincr(&keys.sale, "leased", 6)
         .query_async(&mut c)
         .await
         .unwrap();
