@@ -280,7 +280,15 @@ impl Loop {
             .last_housekeeping
             .is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY)
         {
-            self.discover(&mut conn).await?;
+            // On a cluster the list of sales and each stream live on their own masters: one
+            // that is down must not stop the rows of the others (a step fails only when
+            // nothing could be read, below).
+            if let Err(e) = self.discover(&mut conn).await {
+                if !conn.is_cluster() {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "order writer: the list of sales is unreadable");
+            }
             self.measure_and_trim(&mut conn).await?;
             self.last_housekeeping = Some(Instant::now());
         }
@@ -302,7 +310,11 @@ impl Loop {
             .is_none_or(|t| t.elapsed() >= self.config.claim_idle / 2)
         {
             for i in 0..self.streams.len() {
-                let claimed = self.claim(&mut conn, i).await?;
+                let claimed = match self.claim(&mut conn, i).await {
+                    Ok(c) => c,
+                    Err(_) if conn.is_cluster() => continue,
+                    Err(e) => return Err(e),
+                };
                 worked |= self.commit(&mut conn, i, claimed).await?;
             }
             self.last_claim = Some(Instant::now());
@@ -355,7 +367,12 @@ impl Loop {
     async fn measure_and_trim(&mut self, conn: &mut Conn) -> OrdersResult<()> {
         let (mut waiting, mut lag_ms) = (0u64, 0u64);
         for s in &self.streams {
-            let r: Vec<String> = redis_call(self.trim.key(&s.key).invoke_async(conn)).await?;
+            let r: Vec<String> = match redis_call(self.trim.key(&s.key).invoke_async(conn)).await {
+                Ok(r) => r,
+                // A cluster master that is down: its streams are measured next time.
+                Err(_) if conn.is_cluster() => continue,
+                Err(e) => return Err(e),
+            };
             let n = |i: usize| r.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
             waiting += n(0).max(0) as u64;
             if n(1) > 0 {

@@ -591,3 +591,66 @@ async fn demo_sells_many_trains_over_a_cluster() {
     );
     assert!(text.contains("audit passed for 9 of 9"), "{text}");
 }
+
+/// The order writer on a cluster with a master down, the one holding the list of sales: the
+/// other masters' sales keep getting their rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_writer_goes_on_for_the_live_masters_when_one_is_down() {
+    let mut cluster = RedisCluster::start();
+    let db = crate::pg::TestDb::create().await;
+    let pg = db.url();
+    let url = cluster.masters[0].url();
+    let (_node, c) =
+        crate::crash::spawn_serve(&["--redis", &url, "--postgres", &pg, "--node-id", "w"]).await;
+    let sales: Vec<String> = (0..9).map(|i| format!("ow{i}")).collect();
+    for s in &sales {
+        assert_eq!(c.create_sale(s, 100, json!({})).await.status, 201);
+        assert_eq!(c.reserve(s, "first").await.status, 201);
+    }
+    let rows_of = |s: &str| format!("select count(*) from orders where sale_id = '{s}'");
+    // Every sale is followed (its first row is written) before the kill.
+    for s in &sales {
+        let q = rows_of(s);
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                db.count(&q).await == 1
+            })
+            .await,
+            "{s} not followed"
+        );
+    }
+    let holder = (0..3)
+        .find(|&i| {
+            cluster.masters[i]
+                .cli(&["EXISTS", "ticketrush:sales"])
+                .trim()
+                == "1"
+        })
+        .expect("a master holds the list of sales");
+    let alive = sales
+        .iter()
+        .filter(|s| master_of(&cluster, s) != holder)
+        .cloned()
+        .collect::<Vec<_>>();
+    assert!(!alive.is_empty());
+    cluster.masters[holder].kill();
+    // Not a wait for a result: time for the writer's housekeeping (each second) to meet the
+    // dead master at least twice before the rows that must still arrive are made.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for s in &alive {
+        for i in 0..10 {
+            assert_eq!(c.reserve(s, &format!("u{i}")).await.status, 201, "{s}");
+        }
+    }
+    for s in &alive {
+        let q = rows_of(s);
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                db.count(&q).await == 11
+            })
+            .await,
+            "{s}: the writer stopped for a live master's sale ({} rows)",
+            db.count(&q).await
+        );
+    }
+}
