@@ -634,9 +634,17 @@ async fn the_order_writer_goes_on_for_the_live_masters_when_one_is_down() {
         .collect::<Vec<_>>();
     assert!(!alive.is_empty());
     cluster.masters[holder].kill();
-    // Not a wait for a result: time for the writer's housekeeping (each second) to meet the
-    // dead master at least twice before the rows that must still arrive are made.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the live masters agree it failed (after the 2 s node timeout): from then on a
+    // cluster requiring full coverage would refuse everything, and the writer's housekeeping
+    // (each second) has met the dead master more than once.
+    let other = &cluster.masters[(holder + 1) % 3];
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            other.cli(&["CLUSTER", "NODES"]).contains("master,fail ")
+        })
+        .await,
+        "the cluster did not mark the dead master as failed"
+    );
     for s in &alive {
         for i in 0..10 {
             assert_eq!(c.reserve(s, &format!("u{i}")).await.status, 201, "{s}");

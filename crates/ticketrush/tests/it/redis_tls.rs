@@ -312,6 +312,8 @@ async fn a_tls_redis_cluster_sells_from_one_rediss_seed() {
                 "yes",
                 "--cluster-node-timeout",
                 "2000",
+                "--cluster-require-full-coverage",
+                "no",
             ],
         ));
         ports.push(port);
