@@ -71,14 +71,13 @@ impl Application {
 
     /// Serves in a task until `Running::stop`.
     pub fn spawn(self) -> Running {
-        let (addr, node) = (self.addr, self.started.node.clone());
+        let addr = self.addr;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(self.run(async {
             let _ = stopped.await;
         }));
         Running {
             addr,
-            node,
             stop: Some(stop),
             task: Some(task),
         }
@@ -88,7 +87,6 @@ impl Application {
 /// A node serving in its own task.
 pub struct Running {
     addr: SocketAddr,
-    node: Arc<Node>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -96,10 +94,6 @@ pub struct Running {
 impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn node(&self) -> &Arc<Node> {
-        &self.node
     }
 
     /// Tells the node to stop (it closes its listener and drains) without waiting.

@@ -172,6 +172,19 @@ impl Histogram {
     }
 }
 
+/// Appends `ticketrush_build_info{version, node}` (always 1): which version runs where. Nodes
+/// and order writers render it through this; the gateway, which does not link this crate,
+/// writes the same line itself.
+pub fn render_build_info(out: &mut String, node: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP ticketrush_build_info The running version (always 1).\n\
+         # TYPE ticketrush_build_info gauge\n\
+         ticketrush_build_info{{version=\"{}\",node=\"{node}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
 /// Node-wide metrics; per-sale counters live with each sale's runtime.
 #[derive(Debug, Default)]
 pub struct Metrics {

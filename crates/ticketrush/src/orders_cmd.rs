@@ -154,12 +154,8 @@ pub async fn order_writer(
                     axum::routing::get(move || {
                         let (stats, name) = (stats.clone(), name.clone());
                         async move {
-                            let mut text = format!(
-                                "# HELP ticketrush_build_info The running version (always 1).\n\
-                                 # TYPE ticketrush_build_info gauge\n\
-                                 ticketrush_build_info{{version=\"{}\",node=\"{name}\"}} 1\n",
-                                env!("CARGO_PKG_VERSION")
-                            );
+                            let mut text = String::new();
+                            ticketrush_server::metrics::render_build_info(&mut text, &name);
                             stats.render(&mut text);
                             ([("content-type", "text/plain; version=0.0.4")], text)
                         }

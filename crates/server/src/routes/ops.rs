@@ -64,14 +64,7 @@ pub async fn metrics(State(node): NodeState) -> Response {
             .map(|rt| (rt.spec.id.as_str(), &rt.counters)),
     );
     use std::fmt::Write;
-    let _ = writeln!(
-        text,
-        "# HELP ticketrush_build_info The running version (always 1).\n\
-         # TYPE ticketrush_build_info gauge\n\
-         ticketrush_build_info{{version=\"{}\",node=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-        node.config.node_id.as_str()
-    );
+    crate::metrics::render_build_info(&mut text, node.config.node_id.as_str());
     // Stock as the store has it (at most 0.5 s old; shared with the dashboard).
     let stats = node.stats.get(&node).await;
     if stats.store_error.is_none() {
@@ -120,10 +113,15 @@ pub async fn metrics(State(node): NodeState) -> Response {
 pub async fn stats(State(node): NodeState) -> Response {
     let stats = node.stats.get(&node).await;
     let body = serde_json::to_vec(&*stats).expect("stats serialise");
+    live("application/json", body)
+}
+
+/// A 200 for the live view: never cached, every poll asks again.
+fn live(content_type: &'static str, body: impl IntoResponse) -> Response {
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         body,
@@ -142,15 +140,7 @@ static DASHBOARD_PAGE: std::sync::LazyLock<String> =
     responses((status = 200, description = "An HTML page (nothing loaded from elsewhere)", body = String, content_type = "text/html"))
 )]
 pub async fn dashboard() -> Response {
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        DASHBOARD_PAGE.as_str(),
-    )
-        .into_response()
+    live("text/html; charset=utf-8", DASHBOARD_PAGE.as_str())
 }
 
 /// This document (OpenAPI 3.1).

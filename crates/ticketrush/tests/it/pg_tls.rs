@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::redis_server::RedisServer;
-use crate::redis_tls::{ca_and_cert, free_port, path};
+use crate::redis_server::{free_port, RedisServer};
+use crate::redis_tls::{ca_and_cert, path};
 use crate::support::TempDir;
 
 fn pg_bin(name: &str) -> PathBuf {

@@ -28,9 +28,19 @@ fn redis_server_binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().unwrap().port()
+}
+
+/// A free port for a Redis Cluster node whose bus port (the port + 10000) is free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
 }
 
 impl RedisServer {
@@ -157,12 +167,7 @@ impl RedisCluster {
         let mut masters = Vec::new();
         for _ in 0..if with_replicas { 6 } else { 3 } {
             // The bus port (port + 10000) must be free too.
-            let port = loop {
-                let p = free_port();
-                if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-                    break p;
-                }
-            };
+            let port = free_cluster_port();
             let mut s = RedisServer {
                 port,
                 dir: TempDir::new("redis-cluster"),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::redis_server::{free_cluster_port, free_port};
 use crate::support::TempDir;
 
 /// Runs `openssl ARGS` (split at spaces) in `dir`; panics with its output when it fails.
@@ -78,14 +79,6 @@ impl Drop for TlsRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `redis-server` on TLS port `port` only, with the server certificate in `certs`, AOF always,
@@ -294,12 +287,7 @@ async fn a_tls_redis_cluster_sells_from_one_rediss_seed() {
     let mut nodes = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..3 {
-        let port = loop {
-            let p = free_port();
-            if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-                break p;
-            }
-        };
+        let port = free_cluster_port();
         nodes.push(spawn_tls_redis(
             &dir,
             port,
