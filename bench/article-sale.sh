@@ -10,6 +10,8 @@
 # Needs wrk (apt-get install -y wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 USERS=${USERS:-1000000}
 TICKETS=${TICKETS:-10000}
 CONNS=${CONNS:-100}
@@ -21,15 +23,10 @@ ROUNDS=${ROUNDS:-3}
 PIN=${PIN:-0}
 CHART=${CHART:-docs/article-sale.svg}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release -q -p ticketrush
-BIN=target/release/ticketrush
+BIN=$(release_bin)
 OUT=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap 'stop_jobs; rm -rf "$OUT"' EXIT
 URL="http://127.0.0.1:$PORT"
-wait_port() { for _ in $(seq 100); do curl -sf "$URL/healthz" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
-# A top-level number of a report written by `bench --json` (pretty-printed, two-space indent).
-field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
-p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
 
 # The two generators against the ceiling, interleaved ROUNDS times (the machine is shared, so
 # its load drifts): wrk for SECONDS_RUN, then bench for as long (--max-seconds, users enough
@@ -39,11 +36,10 @@ WORKERS=(); GEN=(); WRK=(wrk -t2); THREADS=()
 if [ "$PIN" = 1 ]; then
   WORKERS=(--workers 1); GEN=(taskset -c 1); WRK=(taskset -c 1 wrk -t1); THREADS=(--threads 1)
 fi
-pin() { if [ "$PIN" = 1 ]; then taskset -p -a -c 0 "$1" >/dev/null; fi; }
-$BIN ceiling --listen "127.0.0.1:$PORT" "${WORKERS[@]}" >/dev/null 2>&1 &
+"$BIN" ceiling --listen "127.0.0.1:$PORT" "${WORKERS[@]}" >/dev/null 2>&1 &
 CEIL=$!
 pin $CEIL
-wait_port
+wait_url "$URL"
 for round in $(seq "$ROUNDS"); do
   echo "== ceiling round $round: ${WRK[*]} -c$CONNS -d${SECONDS_RUN}s"
   /usr/bin/time -f "%U %S" -o "$OUT/wrk-$round.cpu" \
@@ -52,33 +48,32 @@ for round in $(seq "$ROUNDS"); do
   grep -E "Requests/sec|requests in|  99%" "$OUT/wrk-$round.txt"
   echo "== ceiling round $round: ticketrush bench --max-seconds $SECONDS_RUN --connections $CONNS --no-check"
   /usr/bin/time -f "%U %S" -o "$OUT/gen-$round.cpu" \
-    "${GEN[@]}" $BIN bench --target "$URL" --sale ceiling --users 100000000 \
+    "${GEN[@]}" "$BIN" bench --target "$URL" --sale ceiling --users 100000000 \
     --max-seconds "$SECONDS_RUN" --connections "$CONNS" "${THREADS[@]}" --no-check --quiet --json "$OUT/ceiling-$round.json" \
     | grep -E "requests|latency"
 done
-kill "$CEIL"; wait "$CEIL" 2>/dev/null || true
+stop "$CEIL"
 
 echo "== the article's sale: one node, $TICKETS tickets, $USERS users"
-$BIN serve --listen "127.0.0.1:$PORT" --data-dir "$OUT/node" --admin-token bench \
+"$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$OUT/node" --admin-token bench \
   --sale "article:$TICKETS" --log warn "${WORKERS[@]}" >/dev/null &
 NODE=$!
 pin $NODE
-wait_port
+wait_url "$URL"
 mkdir -p "$(dirname "$CHART")"
 status=0
-"${GEN[@]}" $BIN bench --target "$URL" --sale article --users "$USERS" --connections "$CONNS" \
+"${GEN[@]}" "$BIN" bench --target "$URL" --sale article --users "$USERS" --connections "$CONNS" \
   "${THREADS[@]}" --quiet \
   --json "$OUT/sale.json" --chart "$CHART" || status=$?
 echo "== node RSS after the sale (KiB): $(ps -o rss= -p "$NODE")"
-kill "$NODE"; wait "$NODE" 2>/dev/null || true
+stop "$NODE"
 
 sale_rps=$(field "$OUT/sale.json" rps)
 echo "== summary (ceiling: median of $ROUNDS rounds; CPU: the generator's user+sys µs per request)"
-median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 cpu_us() { awk -v n="$2" '{printf "%.1f\n", ($1 + $2) * 1e6 / n}' "$1"; }
 for round in $(seq "$ROUNDS"); do
-  w=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk-$round.txt")
-  wn=$(awk '/requests in/ {print $1}' "$OUT/wrk-$round.txt")
+  w=$(wrk_rps "$OUT/wrk-$round.txt")
+  wn=$(wrk_requests "$OUT/wrk-$round.txt")
   g=$(field "$OUT/ceiling-$round.json" rps)
   gn=$(field "$OUT/ceiling-$round.json" requests)
   echo "round $round: wrk $w req/s ($(cpu_us "$OUT/wrk-$round.cpu" "$wn") µs CPU/req)," \

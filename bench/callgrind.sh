@@ -11,18 +11,20 @@
 #   CASES="sold-out sold-out-jwt" bench/callgrind.sh   (default: all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 SMALL=${SMALL:-1000}
 LARGE=${LARGE:-6000}
 PORT=${PORT:-18383}
 GEN=${GEN:-}
 command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind" >&2; exit 1; }
 if [ $# -eq 0 ]; then
-  cargo build --release -q -p ticketrush
-  set -- "$PWD/target/release/ticketrush"
+  bin=$(release_bin)
+  set -- "$bin"
 fi
 GEN=${GEN:-$1}
 OUT=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap 'stop_jobs; rm -rf "$OUT"' EXIT
 URL="http://127.0.0.1:$PORT"
 CASES=${CASES:-ceiling sold-out win sold-out-jwt win-jwt}
 printf '%s\n' "a-benchmark-secret-of-at-least-thirty-two-bytes" >"$OUT/jwt-secret"
@@ -43,7 +45,7 @@ instructions() {
   valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" "$@" --listen "127.0.0.1:$PORT" \
     --workers 1 >/dev/null 2>"$OUT/vg.txt" &
   local pid=$!
-  for _ in $(seq 300); do curl -sf "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  wait_url "$URL" 30 || true
   "$GEN" bench --target "$URL" --sale s --users "$n" --connections 1 --threads 1 --no-check \
     --quiet "${gen_jwt[@]}" >/dev/null
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true

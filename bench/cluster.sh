@@ -14,6 +14,8 @@
 # counted there too, so only EVALSHA is comparable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 NODES=${NODES:-3}
 TICKETS=${TICKETS:-200000}
 USERS=${USERS:-$TICKETS}
@@ -27,15 +29,13 @@ WORKERS=${WORKERS:-1}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 # BIN=path runs another build (an A/B against an older commit); by default this tree's.
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p ticketrush
-  BIN=$PWD/target/release/ticketrush
+  BIN=$(release_bin)
 fi
 OUT=$(mktemp -d)
 REDIS_PORT=$((BASE + 99))
 DB=ticketrush_bench_$$
 cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
+  stop_jobs
   if [ "$PG" = 1 ]; then psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; fi
   rm -rf "$OUT"
 }
@@ -43,20 +43,9 @@ trap cleanup EXIT
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 PG_URL="postgres://postgres@127.0.0.1:5432/$DB"
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
-field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
-p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
-wait_url() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 evalsha() { rcli INFO commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p'; }
-# Sum of a counter over the nodes' /metrics.
-metric() {
-  for i in $(seq "$NODES"); do curl -s "http://127.0.0.1:$((BASE + i))/metrics"; done |
-    awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'
-}
-targets() { for i in $(seq "$NODES"); do printf -- "--target http://127.0.0.1:%d " $((BASE + i)); done; }
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$OUT" --appendonly yes \
-  --appendfsync always --save "" --daemonize no --loglevel warning >/dev/null &
-for _ in $(seq 100); do rcli PING >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis "$REDIS_PORT" "$OUT"
 if [ "$PG" = 1 ]; then psql "$PG_ADMIN" -qc "CREATE DATABASE $DB" >/dev/null; fi
 
 echo "== 1. ceiling: $NODES hello-world servers ($WORKERS worker each), $USERS requests, $CONNS connections"
@@ -64,11 +53,11 @@ PIDS=()
 for i in $(seq "$NODES"); do
   $BIN ceiling --listen "127.0.0.1:$((BASE + i))" --workers "$WORKERS" >/dev/null 2>&1 & PIDS+=($!)
 done
-for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+wait_nodes "$NODES"
 # shellcheck disable=SC2046
-$BIN bench $(targets) --sale ceiling --users "$USERS" --connections "$CONNS" --no-check --quiet \
+$BIN bench $(targets "$NODES") --sale ceiling --users "$USERS" --connections "$CONNS" --no-check --quiet \
   --json "$OUT/ceiling.json"
-kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true
+stop "${PIDS[@]}"
 
 # Runs one sell-through: $1 name, then extra serve flags.
 sell() {
@@ -78,7 +67,7 @@ sell() {
     $BIN serve --listen "127.0.0.1:$((BASE + i))" --redis "$REDIS_URL" --admin-token bench \
       --node-id "n$i-$name" --workers "$WORKERS" --log warn "$@" >/dev/null & PIDS+=($!)
   done
-  for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+  wait_nodes "$NODES"
   curl -sf -X POST "http://127.0.0.1:$((BASE + 1))/api/v1/sales" -H 'Content-Type: application/json' \
     -H 'Authorization: Bearer bench' -d "{\"id\":\"$name\",\"total\":$TICKETS,\"per_user_limit\":1}" >/dev/null
   local before; before=$(metric ticketrush_store_round_trips_total)
@@ -90,7 +79,7 @@ sell() {
   local sampler=$!
   local status=0
   # shellcheck disable=SC2046
-  $BIN bench $(targets) --sale "$name" --users "$USERS" --connections "$CONNS" --quiet \
+  $BIN bench $(targets "$NODES") --sale "$name" --users "$USERS" --connections "$CONNS" --quiet \
     --json "$OUT/$name.json" || status=$?
   kill "$sampler" 2>/dev/null || true
   local after; after=$(metric ticketrush_store_round_trips_total)
@@ -109,7 +98,7 @@ sell() {
     $BIN audit --sale "$name" --redis "$REDIS_URL" --postgres "$PG_URL" --wait-seconds 120 | tail -1
     echo "  audit finished $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s after the run"
   fi
-  kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true
+  stop "${PIDS[@]}"
 }
 
 echo "== 2. sell-through, batched (default --batch-size 256)"
@@ -128,15 +117,15 @@ if [ "$PG" = 1 ]; then
     $BIN serve --listen "127.0.0.1:$((BASE + i))" --redis "$REDIS_URL" --admin-token bench \
       --node-id "n$i-backlog" --log warn >/dev/null & PIDS+=($!)
   done
-  for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+  wait_nodes "$NODES"
   curl -sf -X POST "http://127.0.0.1:$((BASE + 1))/api/v1/sales" -H 'Content-Type: application/json' \
     -H 'Authorization: Bearer bench' -d "{\"id\":\"backlog\",\"total\":$TICKETS}" >/dev/null
   sleep 1.5   # the writer attaches to new sales once a second
-  kill "$W"; wait "$W" 2>/dev/null || true
+  stop "$W"
   # shellcheck disable=SC2046
-  $BIN bench $(targets) --sale backlog --users "$TICKETS" --connections "$CONNS" --quiet \
+  $BIN bench $(targets "$NODES") --sale backlog --users "$TICKETS" --connections "$CONNS" --quiet \
     --json "$OUT/backlog.json" >/dev/null || true
-  kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true
+  stop "${PIDS[@]}"
   base=$(psql "$PG_URL" -tAc "select count(*) from orders where sale_id = 'backlog'")
   want=$(field "$OUT/backlog.json" succeeded)
   t0=$(date +%s.%N)
@@ -146,7 +135,7 @@ if [ "$PG" = 1 ]; then
     sleep 0.1
   done
   t1=$(date +%s.%N)
-  kill "$W"; wait "$W" 2>/dev/null || true
+  stop "$W"
   awk -v n=$((want - base)) -v a="$t0" -v b="$t1" \
     'BEGIN { printf "  %d rows in %.2f s: %.0f rows/s (from the writer process start)\n", n, b - a, n / (b - a) }'
 fi

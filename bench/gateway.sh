@@ -13,6 +13,8 @@
 # Installs wrk and nginx with apt when missing. Loopback only; stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 CONNS=${CONNS:-100}
 SECONDS_RUN=${SECONDS_RUN:-10}
 THREADS=${THREADS:-2}
@@ -32,13 +34,11 @@ need() { # need COMMAND PACKAGE...
 need wrk wrk
 need nginx nginx-light
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build --release -q -p ticketrush
-BIN=target/release/ticketrush
+BIN=$(release_bin)
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop "${PIDS[@]}"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -63,32 +63,28 @@ done
 run_wrk() { # run_wrk PORT SECONDS
   wrk -t"$THREADS" -c"$CONNS" -d"$2s" --latency -s bench/reserve.lua "http://127.0.0.1:$1" -- bench
 }
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
-p99() { awk '$1=="99%" {print $2}' "$1"; }
 non2xx() { awk '/Non-2xx/ {print $NF}' "$1"; }
 # CPU microseconds the measured process(es) spent per request answered (perf task-clock).
 cpu_us() { # cpu_us BASE
   [ -s "$1.cpu" ] || { echo "-"; return; }
-  awk -v r="$(awk '/requests in/ {print $1}' "$1.txt")" \
+  awk -v r="$(wrk_requests "$1.txt")" \
     '/task-clock/ {gsub(",", "", $1); printf "%.1f\n", $1 * 1000 / r}' "$1.cpu"
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # The tier in front of the backend, started once for all backends (they share the port).
-$BIN gateway --listen 127.0.0.1:$PORT_GATEWAY --node 127.0.0.1:$PORT_BACKEND=1 --log warn >/dev/null &
+"$BIN" gateway --listen 127.0.0.1:$PORT_GATEWAY --node 127.0.0.1:$PORT_BACKEND=1 --log warn >/dev/null &
 GATEWAY=$!
 PIDS+=("$GATEWAY")
 mkdir -p "$WORK/nginx"
-$BIN nginx-conf --listen 127.0.0.1:$PORT_NGINX --node 127.0.0.1:$PORT_BACKEND=1 >"$WORK/nginx/ticketrush.conf"
+"$BIN" nginx-conf --listen 127.0.0.1:$PORT_NGINX --node 127.0.0.1:$PORT_BACKEND=1 >"$WORK/nginx/ticketrush.conf"
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/ticketrush.conf" -e "$WORK/nginx/error.log" -g 'daemon off;' &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 
 for backend in $BACKENDS; do
   case "$backend" in
-    ceiling) $BIN ceiling --listen 127.0.0.1:$PORT_BACKEND >/dev/null 2>&1 & ;;
-    node) $BIN serve --listen 127.0.0.1:$PORT_BACKEND --data-dir "$WORK/node" --admin-token bench \
+    ceiling) "$BIN" ceiling --listen 127.0.0.1:$PORT_BACKEND >/dev/null 2>&1 & ;;
+    node) "$BIN" serve --listen 127.0.0.1:$PORT_BACKEND --data-dir "$WORK/node" --admin-token bench \
             --sale "bench:$TICKETS" --node-id backend --log warn >/dev/null & ;;
     *) echo "unknown backend $backend" >&2; exit 2 ;;
   esac
@@ -126,12 +122,12 @@ echo "== gateway RSS (KiB): $(ps -o rss= -p "$GATEWAY")"
 
 echo "== summary ($CONNS connections, wrk -t$THREADS, ${SECONDS_RUN}s x $ROUNDS rounds, medians; cpu: the process's own CPU per request; non-2xx on the node are sold_out answers)"
 for backend in $BACKENDS; do
-  d=$(for r in $(seq "$ROUNDS"); do rps "$WORK/$backend-direct-$r.txt"; done | median)
+  d=$(for r in $(seq "$ROUNDS"); do wrk_rps "$WORK/$backend-direct-$r.txt"; done | median)
   for tier in direct gateway nginx; do
-    r=$(for r in $(seq "$ROUNDS"); do rps "$WORK/$backend-$tier-$r.txt"; done | median)
-    p=$(for r in $(seq "$ROUNDS"); do p99 "$WORK/$backend-$tier-$r.txt" | sed 's/ms$//;s/us$/e-3/;s/\([0-9]\)s$/\1e3/'; done | median)
+    r=$(for r in $(seq "$ROUNDS"); do wrk_rps "$WORK/$backend-$tier-$r.txt"; done | median)
+    p=$(for r in $(seq "$ROUNDS"); do wrk_p99 "$WORK/$backend-$tier-$r.txt" | sed 's/ms$//;s/us$/e-3/;s/\([0-9]\)s$/\1e3/'; done | median)
     c=$(for r in $(seq "$ROUNDS"); do cpu_us "$WORK/$backend-$tier-$r"; done | median)
-    each=$(for r in $(seq "$ROUNDS"); do rps "$WORK/$backend-$tier-$r.txt" | awk '{printf "%.0f ", $1}'; done)
+    each=$(for r in $(seq "$ROUNDS"); do wrk_rps "$WORK/$backend-$tier-$r.txt" | awk '{printf "%.0f ", $1}'; done)
     awk -v b="$backend" -v t="$tier" -v r="$r" -v d="$d" -v p="$p" -v c="$c" -v e="$each" \
       'BEGIN { printf "%-8s %-8s rps %8.0f  of direct %.3f  p99 %6.2f ms  cpu %5s us/req  (rounds: %s)\n", b, t, r, r / d, p, c, e }'
   done

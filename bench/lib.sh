@@ -1,11 +1,78 @@
-# Helpers shared by the bench scripts (sourced, not run).
+# shellcheck shell=bash
+# Helpers shared by the bench scripts (sourced, not run). Every script does
+#   cd "$(dirname "$0")/.."
+#   # shellcheck source=bench/lib.sh
+#   . bench/lib.sh
+# so paths here are relative to the repository root. The nodes of wait_nodes, targets and metric
+# listen on 127.0.0.1:BASE+1 ... BASE+N (BASE set by the script; metric's N is NODES).
+
+## Reports
 # A top-level number of a report written by `ticketrush bench --json` (two-space indent).
 field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
 # The p99 latency of such a report, in ms.
 p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
-# Waits (10 s at most) until a server answers /healthz at URL $1.
-wait_url() {
-  for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done
+# From the output of `wrk --latency` (a file): requests per second, requests in all, and the
+# p99 latency as wrk prints it, unit included (e.g. 1.23ms).
+wrk_rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
+wrk_requests() { awk '/requests in/ {print $1}' "$1"; }
+wrk_p99() { awk '$1=="99%" {print $2}' "$1"; }
+# The median of the numbers on stdin, one a line (blank lines skipped): the middle one, for an
+# even count the mean of the two middle ones; nothing for no input.
+median() {
+  sort -g | awk 'NF { v[++n] = $1 }
+    END { if (n % 2) print v[(n + 1) / 2]; else if (n) printf "%.15g\n", (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
+
+## Processes
+# Builds this tree's release binary (quietly) and prints its path.
+release_bin() {
+  cargo build --release -q -p ticketrush >&2 || return
+  echo "$PWD/target/release/ticketrush"
+}
+# Waits (SECONDS, 10 by default, at most) until a server answers /healthz at URL.
+wait_url() { # wait_url URL [SECONDS]
+  for _ in $(seq $((${2:-10} * 20))); do curl -sf "$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done
   echo "no answer from $1" >&2
+  return 1
+}
+# Waits until each of N nodes answers /healthz.
+wait_nodes() { # wait_nodes N
+  local i
+  for i in $(seq "$1"); do wait_url "http://127.0.0.1:$((BASE + i))" || return; done
+}
+# The `--target URL` flags of `ticketrush bench` for N nodes (unquoted: word-split on purpose).
+targets() { # targets N
+  for i in $(seq "$1"); do printf -- "--target http://127.0.0.1:%d " $((BASE + i)); done
+}
+# Sum of a counter over the NODES nodes' /metrics.
+metric() { # metric NAME
+  for i in $(seq "$NODES"); do curl -s "http://127.0.0.1:$((BASE + i))/metrics"; done |
+    awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'
+}
+# With PIN=1, moves process PID (all its threads) to core 0, the servers' core.
+pin() { if [ "${PIN:-0}" = 1 ]; then taskset -p -a -c 0 "$1" >/dev/null; fi; }
+# Stops the given processes (SIGTERM) and waits for them; never fails.
+stop() { # stop PID...
+  [ $# -gt 0 ] || return 0
+  kill "$@" 2>/dev/null || true
+  wait "$@" 2>/dev/null || true
+}
+# Stops every background job of this shell and waits for them (for an EXIT trap).
+stop_jobs() {
+  # shellcheck disable=SC2046  # one argument a pid
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+# Starts redis-server on PORT (loopback, data in DIR, AOF fsynced at every write, no RDB) with
+# any extra FLAGs, in the background (its pid in REDIS_PID), and waits (5 s at most) for PING.
+start_redis() { # start_redis PORT DIR [FLAG...]
+  local port=$1 dir=$2; shift 2
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
+    --appendfsync always --save "" --daemonize no --loglevel warning "$@" >/dev/null &
+  # shellcheck disable=SC2034  # read by the caller
+  REDIS_PID=$!
+  for _ in $(seq 100); do redis-cli -p "$port" PING >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "redis-server on port $port did not answer" >&2
   return 1
 }

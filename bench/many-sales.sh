@@ -17,29 +17,16 @@ NODES=${NODES:-4}
 CONNS=${CONNS:-96}
 BASE=${BASE:-18600}
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p ticketrush
-  BIN=$PWD/target/release/ticketrush
+  BIN=$(release_bin)
 fi
 OUT=$(mktemp -d)
 REDIS_PIDS=()
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$OUT"
-}
-trap cleanup EXIT
+trap 'stop_jobs; rm -rf "$OUT"' EXIT
 cpu() { redis-cli -p "$1" INFO cpu | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.3f", s}'; }
-metric() {
-  for i in $(seq "$NODES"); do curl -s "http://127.0.0.1:$((BASE + i))/metrics"; done |
-    awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'
-}
 redis() { # port, extra flags...
   local port=$1; shift
-  mkdir -p "$OUT/r$port"
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$OUT/r$port" --appendonly yes \
-    --appendfsync always --save "" --daemonize no --loglevel warning "$@" >/dev/null &
-  REDIS_PIDS+=($!)
-  for _ in $(seq 100); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.05; done
+  start_redis "$port" "$OUT/r$port" "$@"
+  REDIS_PIDS+=("$REDIS_PID")
 }
 ids=$(seq "$SALES" | sed 's/^/m/' | paste -sd, -)
 
@@ -50,7 +37,7 @@ run() {
     "$BIN" serve --listen "127.0.0.1:$((BASE + i))" --redis "$url" --admin-token bench \
       --node-id "n$i" --workers 1 --log warn >/dev/null & pids+=($!)
   done
-  for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+  wait_nodes "$NODES"
   for s in $(seq "$SALES"); do
     curl -sf -X POST "http://127.0.0.1:$((BASE + 1 + s % NODES))/api/v1/sales" \
       -H 'Content-Type: application/json' -H 'Authorization: Bearer bench' \
@@ -59,11 +46,9 @@ run() {
   declare -A before
   for p in $ports; do before[$p]=$(cpu "$p"); done
   local trips0; trips0=$(metric ticketrush_store_round_trips_total)
-  local targets=""
-  for i in $(seq "$NODES"); do targets="$targets --target http://127.0.0.1:$((BASE + i))"; done
   local status=0
-  # shellcheck disable=SC2086
-  TICKETRUSH_BENCH_SALE=$ids "$BIN" bench $targets --users "$USERS" --connections "$CONNS" \
+  # shellcheck disable=SC2046
+  TICKETRUSH_BENCH_SALE=$ids "$BIN" bench $(targets "$NODES") --users "$USERS" --connections "$CONNS" \
     --quiet --json "$OUT/$label.json" >/dev/null || status=$?
   local trips1; trips1=$(metric ticketrush_store_round_trips_total)
   local won; won=$(field "$OUT/$label.json" succeeded)
@@ -82,14 +67,14 @@ run() {
     awk -v p="$p" -v u="${used[$p]}" -v t="$total" -v w="$won" -v k="$(redis-cli -p "$p" DBSIZE)" \
       'BEGIN {printf "  master :%s  cpu %.2f s  %.1f us per reservation (of all)  share %.0f %%  keys %d\n", p, u, u * 1e6 / w, (t > 0 ? 100 * u / t : 0), k}'
   done
-  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+  stop "${pids[@]}"
 }
 
 echo "== single Redis: $SALES sales of $TICKETS tickets, $USERS users, $NODES nodes"
 P=$((BASE + 90))
 redis "$P"
 run single "redis://127.0.0.1:$P" "$P"
-kill "${REDIS_PIDS[@]}"; wait "${REDIS_PIDS[@]}" 2>/dev/null || true; REDIS_PIDS=()
+stop "${REDIS_PIDS[@]}"; REDIS_PIDS=()
 
 echo "== Redis Cluster, three masters: the same"
 PORTS="$((BASE + 91)) $((BASE + 92)) $((BASE + 93))"

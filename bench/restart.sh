@@ -10,20 +10,21 @@
 #   bench/restart.sh N BIN...        e.g. PAY=1 bench/restart.sh 100000 /tmp/old target/release/ticketrush
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 N=${1:?reservations}; shift
 PORT=${PORT:-18484}
 GEN=${GEN:-target/release/ticketrush}
 PAY=${PAY:-0}
 OUT=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap 'stop_jobs; rm -rf "$OUT"' EXIT
 URL="http://127.0.0.1:$PORT"
-wait_up() { for _ in $(seq 600); do curl -sf "$URL/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
 for bin in "$@"; do
   D="$OUT/data"; rm -rf "$D"
   "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$D" --admin-token b --sale "s:$N" --log warn >/dev/null &
-  pid=$!; wait_up
+  pid=$!; wait_url "$URL" 30
   "$GEN" bench --target "$URL" --sale s --users "$N" --connections 64 --pay-ratio "$PAY" --quiet --max-seconds 600 >/dev/null || true
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  stop "$pid"
   sizes() { (cd "$D" && for f in *; do printf '%s %s  ' "$f" "$(du -b "$f" | cut -f1)"; done); }
   echo "$bin: after the sale: $(sizes)"
   for n in 1 2; do
@@ -34,7 +35,7 @@ for bin in "$@"; do
     until grep -q listening "$OUT/line" 2>/dev/null; do sleep 0.01; done
     t1=$(date +%s.%N)
     counts=$(curl -s "$URL/api/v1/sales/s" | sed -n 's/.*"reserved":\([0-9]*\),"paid":\([0-9]*\).*/reserved \1 paid \2/p')
-    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    stop "$pid"
     awk -v a="$t0" -v b="$t1" -v n="$n" -v c="$counts" -v s="$(sizes)" \
       'BEGIN { printf "  restart %d: %.2f s (%s); %s\n", n, b - a, c, s }'
   done

@@ -5,19 +5,21 @@
 # Example: bench/server-cpu.sh target/release/ticketrush ceiling --listen 127.0.0.1:18282
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 "$@" --listen 127.0.0.1:18282 >/dev/null 2>&1 &
 P=$!
-trap 'kill $P 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap 'stop "$P"; rm -rf "$OUT"' EXIT
 sleep 0.7
 wrk -t2 -c100 -d2s -s bench/reserve.lua http://127.0.0.1:18282 -- bench >/dev/null
 perf stat -e task-clock,context-switches -p "$P" -o "$OUT/stat.txt" sleep 6 &
 S=$!
 wrk -t2 -c100 -d5s -s bench/reserve.lua http://127.0.0.1:18282 -- bench >"$OUT/w.txt"
 wait "$S"
-R=$(awk '/requests in/ {print $1}' "$OUT/w.txt")
+R=$(wrk_requests "$OUT/w.txt")
 T=$(awk '/task-clock/ {gsub(",","",$1); print $1}' "$OUT/stat.txt")
 C=$(awk '/context-switches/ {gsub(",","",$1); print $1}' "$OUT/stat.txt")
-awk -v r="$R" -v t="$T" -v c="$C" -v rps="$(awk '/Requests\/sec/ {print $2}' "$OUT/w.txt")" \
+awk -v r="$R" -v t="$T" -v c="$C" -v rps="$(wrk_rps "$OUT/w.txt")" \
   'BEGIN { printf "requests %d rps %s server_cpu_us_per_request %.2f context_switches_per_request %.3f\n", r, rps, t*1000/r, c/r }'

@@ -5,6 +5,8 @@
 # (apt-get install wrk). Everything listens on loopback and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 TICKETS=${TICKETS:-10000}
 CONNS=${CONNS:-100}
 SECONDS_RUN=${SECONDS_RUN:-15}
@@ -14,42 +16,38 @@ PORT=${PORT:-18181}
 # preempt each other (the fairer per-core comparison on a 2-core machine).
 PIN=${PIN:-0}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release -q -p ticketrush
-BIN=target/release/ticketrush
+BIN=$(release_bin)
 DATA=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
+trap 'stop_jobs; rm -rf "$DATA"' EXIT
 
 WORKERS=()
 WRK=(wrk -t"$THREADS")
 if [ "$PIN" = 1 ]; then WORKERS=(--workers 1); WRK=(taskset -c 1 wrk -t1); fi
-pin() { if [ "$PIN" = 1 ]; then taskset -p -a -c 0 "$1" >/dev/null; fi; }
 run_wrk() { "${WRK[@]}" -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s bench/reserve.lua "$1" -- bench; }
-wait_port() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
 
 echo "== ceiling: hello-world on the same stack"
-$BIN ceiling --listen 127.0.0.1:$PORT "${WORKERS[@]}" >/dev/null 2>&1 &
-pin $!
-wait_port healthz
+"$BIN" ceiling --listen 127.0.0.1:$PORT "${WORKERS[@]}" >/dev/null 2>&1 &
+CEIL=$!
+pin $CEIL
+wait_url "http://127.0.0.1:$PORT"
 run_wrk "http://127.0.0.1:$PORT" | tee "$DATA/ceiling.txt"
-kill "$!"; wait "$!" 2>/dev/null || true
+stop "$CEIL"
 
 echo "== ticketrush serve: sale bench:$TICKETS"
-$BIN serve --listen 127.0.0.1:$PORT --data-dir "$DATA/node" --admin-token bench \
+"$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$DATA/node" --admin-token bench \
   --sale "bench:$TICKETS" --log warn "${WORKERS[@]}" >/dev/null &
 NODE=$!
 pin $NODE
-wait_port healthz
+wait_url "http://127.0.0.1:$PORT"
 run_wrk "http://127.0.0.1:$PORT" | tee "$DATA/node.txt"
 echo "== sale after the run"
 curl -s "http://127.0.0.1:$PORT/api/v1/sales/bench"; echo
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^ticketrush_(reservation_attempts|store_batch)' || true
 echo "== node RSS (KiB): $(ps -o rss= -p "$NODE")"
-kill "$NODE"; wait "$NODE" 2>/dev/null || true
+stop "$NODE"
 
-rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
-p99() { awk '$1=="99%" {print $2}' "$1"; }
-c=$(rps "$DATA/ceiling.txt"); n=$(rps "$DATA/node.txt")
+c=$(wrk_rps "$DATA/ceiling.txt"); n=$(wrk_rps "$DATA/node.txt")
 echo "== summary"
-echo "ceiling rps $c p99 $(p99 "$DATA/ceiling.txt")"
-echo "node    rps $n p99 $(p99 "$DATA/node.txt")"
+echo "ceiling rps $c p99 $(wrk_p99 "$DATA/ceiling.txt")"
+echo "node    rps $n p99 $(wrk_p99 "$DATA/node.txt")"
 awk -v n="$n" -v c="$c" 'BEGIN { printf "ratio node/ceiling %.3f\n", n / c }'

@@ -26,41 +26,27 @@ ROUNDS=${ROUNDS:-2}
 BASE=${BASE:-18400}
 WORKERS=${WORKERS:-1}
 if [ -z "${AFTER:-}" ]; then
-  cargo build --release -q -p ticketrush
-  AFTER=$PWD/target/release/ticketrush
+  AFTER=$(release_bin)
 fi
 OUT=$(mktemp -d)
 REDIS_PORT=$((BASE + 99))
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$OUT"
-}
-trap cleanup EXIT
-targets() { for i in $(seq "$1"); do printf -- "--target http://127.0.0.1:%d " $((BASE + i)); done; }
+trap 'stop_jobs; rm -rf "$OUT"' EXIT
 line() {
   printf '%-8s %-12s rps %8.0f  p99 %7.3f ms  sold_out %6s  early_sold_out %6s  tail %s ms\n' \
     "$1" "$2" "$(field "$3" rps)" "$(p99 "$3")" "$(field "$3" sold_out)" \
     "$(field "$3" early_sold_out)" "$(field "$3" tail_ms)"
 }
-start_redis() {
-  rm -rf "$OUT/redis"; mkdir -p "$OUT/redis"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$OUT/redis" --appendonly yes \
-    --appendfsync always --save "" --daemonize no --loglevel warning >/dev/null &
-  REDIS_PID=$!
-  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.05; done
-}
-stop() { kill "$@" 2>/dev/null || true; wait "$@" 2>/dev/null || true; }
 
 # $1 label, $2 binary, $3 nodes, $4 tickets, $5 json
 redis_sale() {
   local label=$1 bin=$2 n=$3 tickets=$4 json=$5 pids=()
-  start_redis
+  rm -rf "$OUT/redis"
+  start_redis "$REDIS_PORT" "$OUT/redis"
   for i in $(seq "$n"); do
     "$bin" serve --listen "127.0.0.1:$((BASE + i))" --redis "redis://127.0.0.1:$REDIS_PORT" \
       --admin-token ab --node-id "n$i" --workers "$WORKERS" --log warn >/dev/null & pids+=($!)
   done
-  for i in $(seq "$n"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+  wait_nodes "$n"
   curl -sf -X POST "http://127.0.0.1:$((BASE + 1))/api/v1/sales" -H 'Content-Type: application/json' \
     -H 'Authorization: Bearer ab' -d "{\"id\":\"ab\",\"total\":$tickets,\"per_user_limit\":1}" >/dev/null
   # shellcheck disable=SC2046
@@ -87,7 +73,7 @@ for r in $(seq "$ROUNDS"); do
   for i in $(seq "$NODES"); do
     "$AFTER" ceiling --listen "127.0.0.1:$((BASE + i))" --workers "$WORKERS" >/dev/null 2>&1 & pids+=($!)
   done
-  for i in $(seq "$NODES"); do wait_url "http://127.0.0.1:$((BASE + i))"; done
+  wait_nodes "$NODES"
   # shellcheck disable=SC2046
   "$AFTER" bench $(targets "$NODES") --sale ceiling --users "$TICKETS" --connections "$CONNS" \
     --no-check --quiet --json "$OUT/ceiling.json" >/dev/null
