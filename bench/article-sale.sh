@@ -8,10 +8,8 @@
 #      users, TICKETS tickets, our generator, with the check and the chart (CHART).
 # Prints each, then the sale as a ratio to the ceiling measured by the same generator.
 # Needs wrk (apt-get install -y wrk).
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 USERS=${USERS:-1000000}
 TICKETS=${TICKETS:-10000}
 CONNS=${CONNS:-100}

@@ -9,10 +9,8 @@
 # token per request) the same two: sold-out-jwt and win-jwt. Needs valgrind.
 #   bench/callgrind.sh [BIN...]      (default: this tree's release build)
 #   CASES="sold-out sold-out-jwt" bench/callgrind.sh   (default: all five)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 SMALL=${SMALL:-1000}
 LARGE=${LARGE:-6000}
 PORT=${PORT:-18383}

@@ -12,10 +12,8 @@
 # every script call and plain command, the reapers included), cross-checked with
 # the EVALSHA calls Redis itself counts (INFO commandstats; commands run inside scripts are
 # counted there too, so only EVALSHA is comparable).
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 NODES=${NODES:-3}
 TICKETS=${TICKETS:-200000}
 USERS=${USERS:-$TICKETS}

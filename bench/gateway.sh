@@ -11,10 +11,8 @@
 # tier's own cost shows most) and/or `node` (a real node, sale bench:TICKETS; a 2 s warm-up
 # sells the tickets, so the measured runs are the article's sold-out path).
 # Installs wrk and nginx with apt when missing. Loopback only; stops everything it started.
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 CONNS=${CONNS:-100}
 SECONDS_RUN=${SECONDS_RUN:-10}
 THREADS=${THREADS:-2}

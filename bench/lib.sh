@@ -1,9 +1,11 @@
 # shellcheck shell=bash
-# Helpers shared by the bench scripts (sourced, not run). Every script does
-#   cd "$(dirname "$0")/.."
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Helpers shared by the bench scripts (sourced, not run). Every script starts with
 #   # shellcheck source=bench/lib.sh
-#   . bench/lib.sh
-# so paths here are relative to the repository root. The nodes of wait_nodes, targets and metric
+#   . "$(dirname "$0")/lib.sh"
+# which turns on strict mode and makes the repository root the working directory, so paths
+# here and in the scripts are relative to it. The nodes of wait_nodes, targets and metric
 # listen on 127.0.0.1:BASE+1 ... BASE+N (BASE set by the script; metric's N is NODES).
 
 ## Reports

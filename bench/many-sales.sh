@@ -6,10 +6,8 @@
 # check, Redis round trips per reservation (what the nodes count), and each master's CPU
 # (INFO cpu, user + sys) per reservation and its share of the work.
 #   bench/many-sales.sh            SALES=1000 TICKETS=500 USERS=2000000 NODES=4 CONNS=96
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 SALES=${SALES:-1000}
 TICKETS=${TICKETS:-500}
 USERS=${USERS:-2000000}

@@ -8,10 +8,8 @@
 # sale and after each restart. PAY=1 pays every reservation (a settled history: two events per
 # reservation); PAY=0 (default) leaves them held.
 #   bench/restart.sh N BIN...        e.g. PAY=1 bench/restart.sh 100000 /tmp/old target/release/ticketrush
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 N=${1:?reservations}; shift
 PORT=${PORT:-18484}
 GEN=${GEN:-target/release/ticketrush}

@@ -3,10 +3,8 @@
 # 127.0.0.1:18282), warms it up for 2 s, then counts its task-clock and context switches over a
 # 5 s wrk run with bench/reserve.lua. Needs wrk and perf (Debian: wrk, linux-perf).
 # Example: bench/server-cpu.sh target/release/ticketrush ceiling --listen 127.0.0.1:18282
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 "$@" --listen 127.0.0.1:18282 >/dev/null 2>&1 &

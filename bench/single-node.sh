@@ -3,10 +3,8 @@
 # SECONDS: first the hello-world ceiling on the same HTTP stack, then the real node, with the
 # very same requests (bench/reserve.lua). Prints both and the ratio. Needs wrk
 # (apt-get install wrk). Everything listens on loopback and stops by itself.
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 TICKETS=${TICKETS:-10000}
 CONNS=${CONNS:-100}
 SECONDS_RUN=${SECONDS_RUN:-15}

@@ -11,10 +11,8 @@
 # Each line: rps, p99, sold_out (users told "sold out"), early_sold_out (told so before a
 # later winner was sent) and the tail (first to last win of the final 1 % of wins).
 #   BEFORE=/tmp/ticketrush-before bench/stock-ab.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
-. bench/lib.sh
+. "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 : "${BEFORE:?set BEFORE to the older ticketrush binary}"
 NODES=${NODES:-3}
 TICKETS=${TICKETS:-100000}

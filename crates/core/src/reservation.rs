@@ -17,6 +17,14 @@ pub enum ReservationState {
 }
 
 impl ReservationState {
+    /// Every state, in the order a reservation may pass through them.
+    pub const ALL: [ReservationState; 4] = [
+        ReservationState::Reserved,
+        ReservationState::Paid,
+        ReservationState::Cancelled,
+        ReservationState::Expired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReservationState::Reserved => "reserved",

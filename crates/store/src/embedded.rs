@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ticketrush_core::{
     Event, IdempotencyKey, Ledger, LedgerError, Reservation, ReservationId, ReserveItem, SaleId,
@@ -42,8 +42,9 @@ use ticketrush_core::{
 };
 use tokio::sync::watch;
 
+use crate::clock::{Clock, SystemClock};
+use crate::follower::{Follow, FollowError, Following, JournalFollower};
 use crate::journal;
-use crate::orders_table::OrdersTable;
 use crate::{BatchOutcome, BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
 
 /// Most journal bytes waiting for the writer. The writer drains in one fsync what arrived
@@ -64,7 +65,7 @@ const RESERVE_RETRY: Duration = Duration::from_secs(1);
 
 pub const JOURNAL_FILE: &str = "journal.log";
 /// A journal being written to replace `journal.log` (compaction, conversion) until its rename.
-const JOURNAL_NEW_FILE: &str = "journal.log.new";
+pub const JOURNAL_NEW_FILE: &str = "journal.log.new";
 /// Where a first-version journal is kept (hard-linked) when it is converted to format 2.
 pub const JOURNAL_V1_FILE: &str = "journal.v1.log";
 pub const LOCK_FILE: &str = "LOCK";
@@ -78,7 +79,7 @@ pub enum OpenError {
     Io { dir: PathBuf, source: io::Error },
     #[error("data dir {0} is in use by another ticketrush process")]
     Locked(PathBuf),
-    #[error("cannot open the orders table in {dir}: {reason}")]
+    #[error("cannot follow the journal with the orders table in {dir}: {reason}")]
     Orders { dir: PathBuf, reason: String },
     #[error("journal {path} is damaged at event {index}: {reason}")]
     Corrupt {
@@ -138,6 +139,27 @@ pub enum Compaction {
     Never,
 }
 
+/// How `open` opens a data dir.
+pub struct Options {
+    pub compaction: Compaction,
+    /// The orders table that follows the journal (`ticketrush_orders::SqliteOrders`); `None`:
+    /// no table (a data dir's table, if any, is then neither checked nor written).
+    pub orders: Option<Arc<dyn JournalFollower>>,
+    /// What the ledger decides by: the system clock, or a test's manual one.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    /// Compaction `Auto`, no orders table, the system clock.
+    fn default() -> Options {
+        Options {
+            compaction: Compaction::Auto,
+            orders: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
 /// Below this many events, a journal replays fast whatever its shape: not worth a rewrite.
 pub const COMPACT_MIN_EVENTS: usize = if cfg!(test) { 100 } else { 100_000 };
 
@@ -173,32 +195,23 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
     /// The orders table in the data dir, following the journal (stopped after the writer).
-    orders: Option<OrdersTable>,
+    orders: Option<Box<dyn Following>>,
+    clock: Arc<dyn Clock>,
     /// Held for the store's lifetime: the advisory lock that keeps a second process out.
     _lock: File,
-}
-
-fn now_ms() -> UnixMs {
-    let d = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    UnixMs(d.as_millis() as i64)
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`: replays the journal, zeroes a torn tail,
     /// refuses a damaged journal, converts a first-version journal, takes back any lease one
     /// left open, compacts a journal whose history outgrew its records, reserves journal space,
-    /// and starts the journal writer.
-    pub fn open(dir: &Path) -> Result<(EmbeddedStore, Recovery), OpenError> {
-        Self::open_with(dir, Compaction::Auto)
-    }
-
-    /// `open`, compacting the journal as `compaction` says.
-    pub fn open_with(
-        dir: &Path,
-        compaction: Compaction,
-    ) -> Result<(EmbeddedStore, Recovery), OpenError> {
+    /// and starts the journal writer and (with `options.orders`) the orders table's follower.
+    pub fn open(dir: &Path, options: Options) -> Result<(EmbeddedStore, Recovery), OpenError> {
+        let Options {
+            compaction,
+            orders: follower,
+            clock,
+        } = options;
         let io_err = |source| OpenError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -245,8 +258,8 @@ impl EmbeddedStore {
         // before anything on disk changes. (A table that cannot be read now is checked when
         // its follower opens it.)
         // (A first-version table's offsets are that journal's bytes too: comparable alike.)
-        {
-            if let Ok(Some(table)) = crate::orders_table::progress(dir) {
+        if let Some(follower) = &follower {
+            if let Ok(Some(table)) = follower.progress(dir) {
                 if table > scan.data_end {
                     return Err(OpenError::JournalBehindOrders {
                         dir: dir.to_path_buf(),
@@ -355,7 +368,7 @@ impl EmbeddedStore {
                 records = snapshot.len(),
                 "compacting the journal to its records"
             );
-            match compact(dir, &path, &snapshot) {
+            match compact(dir, &path, &snapshot, follower.as_deref()) {
                 Ok((f, end)) => {
                     (file, data_end, compacted) = (f, end, true);
                 }
@@ -405,24 +418,29 @@ impl EmbeddedStore {
             }
         }
         let disk_full = shared.disk_full.load(Ordering::Acquire);
-        let orders = OrdersTable::start(
-            dir,
-            &path,
-            data_end,
-            converted,
-            shared.durable_bytes.subscribe(),
-        )
-        .map_err(|e| match e {
-            crate::orders_table::StartError::Ahead { table } => OpenError::JournalBehindOrders {
-                dir: dir.to_path_buf(),
-                table,
-                journal: data_end,
-            },
-            crate::orders_table::StartError::Sqlite(e) => OpenError::Orders {
-                dir: dir.to_path_buf(),
-                reason: e.to_string(),
-            },
-        })?;
+        let orders = match &follower {
+            None => None,
+            Some(f) => Some(
+                f.follow(Follow {
+                    dir: dir.to_path_buf(),
+                    journal: path.clone(),
+                    data_end,
+                    converted,
+                    durable: shared.durable_bytes.subscribe(),
+                })
+                .map_err(|e| match e {
+                    FollowError::Ahead { table } => OpenError::JournalBehindOrders {
+                        dir: dir.to_path_buf(),
+                        table,
+                        journal: data_end,
+                    },
+                    FollowError::Failed(reason) => OpenError::Orders {
+                        dir: dir.to_path_buf(),
+                        reason,
+                    },
+                })?,
+            ),
+        };
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -441,7 +459,8 @@ impl EmbeddedStore {
         let store = EmbeddedStore {
             shared,
             writer: Some(writer),
-            orders: Some(orders),
+            orders,
+            clock,
             _lock: lock,
         };
         Ok((store, recovery))
@@ -454,13 +473,16 @@ impl EmbeddedStore {
 
     /// The rows of a sale in the embedded orders table, once it holds every change the ledger
     /// holds now (waiting up to `within` for the journal and then the table). `None` if they
-    /// did not catch up in time.
+    /// did not catch up in time. An error if the store was opened without the table.
     pub fn order_rows(
         &self,
         sale: &SaleId,
         within: std::time::Duration,
     ) -> Result<Option<Vec<Reservation>>, String> {
-        let orders = self.orders.as_ref().expect("open until dropped");
+        let orders = self
+            .orders
+            .as_ref()
+            .ok_or("this store was opened without its orders table")?;
         // Everything the ledger holds now (a snapshot taken before this call included) must
         // first be on disk: expiries and lease changes are journaled without anyone waiting.
         let deadline = std::time::Instant::now() + within;
@@ -505,7 +527,7 @@ impl EmbeddedStore {
             return Err(StoreError::Refused(DISK_FULL.into()));
         }
         let mut events = Vec::new();
-        let result = op(&mut st.ledger, now_ms(), &mut events);
+        let result = op(&mut st.ledger, self.clock.now(), &mut events);
         if !events.is_empty() {
             let before = st.pending.len();
             for ev in &events {
@@ -661,12 +683,19 @@ fn reserve_step(shared: &Shared, file: &File, data_end: u64) -> bool {
     true
 }
 
-/// Compaction's steps (see `open_with`): the records written beside the journal and fsynced,
+/// Compaction's steps (see `open`): the records written beside the journal and fsynced,
 /// the orders table set to follow from the start, the rename, the directory synced. Answers
 /// the new journal, open, and where its history ends.
-fn compact(dir: &Path, path: &Path, snapshot: &[Event]) -> io::Result<(File, u64)> {
+fn compact(
+    dir: &Path,
+    path: &Path,
+    snapshot: &[Event],
+    follower: Option<&dyn JournalFollower>,
+) -> io::Result<(File, u64)> {
     let (fresh, end) = write_v2(dir, snapshot)?;
-    crate::orders_table::replay_from_start(dir).map_err(io::Error::other)?;
+    if let Some(f) = follower {
+        f.replay_from_start(dir).map_err(io::Error::other)?;
+    }
     std::fs::rename(&fresh, path)?;
     sync_dir(dir)?;
     let file = OpenOptions::new().read(true).write(true).open(path)?;
@@ -723,7 +752,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 impl Store for EmbeddedStore {
     fn now(&self) -> UnixMs {
-        now_ms()
+        self.clock.now()
     }
 
     fn create_sale(&self, spec: SaleSpec) -> BoxFuture<'_, StoreResult<SaleView>> {
@@ -817,7 +846,11 @@ impl Store for EmbeddedStore {
 
     fn reap(&self, max: usize) -> BoxFuture<'_, StoreResult<ReapReport>> {
         // Nothing due (the usual case): no change, so no journal room needed.
-        let due = self.lock().ledger.next_due().is_some_and(|d| d <= now_ms());
+        let due = self
+            .lock()
+            .ledger
+            .next_due()
+            .is_some_and(|d| d <= self.clock.now());
         if !due && !self.lock().ledger.has_leases() {
             return Box::pin(async { Ok(ReapReport::default()) });
         }
@@ -860,13 +893,13 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ticketrush_core::{ReservationState, ReserveOutcome};
+    use ticketrush_core::ReserveOutcome;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "ticketrush-embedded-{name}-{}-{}",
             std::process::id(),
-            now_ms().0
+            SystemClock.now().0
         ));
         let _ = std::fs::remove_dir_all(&dir);
         dir
@@ -897,7 +930,7 @@ mod tests {
         let dir = temp_dir("reopen");
         let sale_id = SaleId::parse("s").unwrap();
         {
-            let (store, rec) = EmbeddedStore::open(&dir).unwrap();
+            let (store, rec) = EmbeddedStore::open(&dir, Options::default()).unwrap();
             assert_eq!(rec.events, 0);
             store.create_sale(sale("s", 3)).await.unwrap();
             let out = store
@@ -915,7 +948,7 @@ mod tests {
             assert_eq!(out.outcomes[1], ReserveOutcome::NoStock);
             assert_eq!(out.available, 0);
         }
-        let (store, rec) = EmbeddedStore::open(&dir).unwrap();
+        let (store, rec) = EmbeddedStore::open(&dir, Options::default()).unwrap();
         assert_eq!(rec.leases_reclaimed, 0);
         let v = store.sale(&sale_id).await.unwrap().unwrap();
         assert_eq!((v.available, v.reserved, v.paid), (0, 2, 1));
@@ -967,7 +1000,7 @@ mod tests {
             &mut buf,
         );
         std::fs::write(dir.join(JOURNAL_FILE), &buf).unwrap();
-        let (store, rec) = EmbeddedStore::open(&dir).unwrap();
+        let (store, rec) = EmbeddedStore::open(&dir, Options::default()).unwrap();
         assert_eq!(
             (rec.events, rec.leases_reclaimed, rec.converted),
             (3, 1, true)
@@ -992,9 +1025,9 @@ mod tests {
     #[tokio::test]
     async fn a_second_process_cannot_open_the_same_dir() {
         let dir = temp_dir("lock");
-        let (_store, _) = EmbeddedStore::open(&dir).unwrap();
+        let (_store, _) = EmbeddedStore::open(&dir, Options::default()).unwrap();
         assert!(matches!(
-            EmbeddedStore::open(&dir),
+            EmbeddedStore::open(&dir, Options::default()),
             Err(OpenError::Locked(_))
         ));
     }
@@ -1008,7 +1041,7 @@ mod tests {
     async fn a_torn_tail_is_zeroed_and_appending_resumes() {
         let dir = temp_dir("torn");
         {
-            let (store, _) = EmbeddedStore::open(&dir).unwrap();
+            let (store, _) = EmbeddedStore::open(&dir, Options::default()).unwrap();
             store.create_sale(sale("a", 1)).await.unwrap();
         }
         // The start of a block that never finished, where the next block would go.
@@ -1020,228 +1053,44 @@ mod tests {
         f.write_all_at(&[200, 0, 0, 0, 1, 2], end).unwrap();
         drop(f);
         {
-            let (store, rec) = EmbeddedStore::open(&dir).unwrap();
+            let (store, rec) = EmbeddedStore::open(&dir, Options::default()).unwrap();
             assert_eq!(rec.torn_bytes, 6);
             store.create_sale(sale("b", 1)).await.unwrap();
         }
-        let (store, rec) = EmbeddedStore::open(&dir).unwrap();
+        let (store, rec) = EmbeddedStore::open(&dir, Options::default()).unwrap();
         assert_eq!(rec.torn_bytes, 0);
         assert_eq!(store.sales().await.unwrap().len(), 2);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// What was acknowledged to clients: reservation ids, and which of them were paid.
-    struct Acked {
-        reserved: Vec<ReservationId>,
-        paid: Vec<ReservationId>,
-    }
-
-    /// A data dir with a sale of 1,000 seats and many acknowledged changes, in many blocks.
-    async fn busy_dir(name: &str) -> (PathBuf, Acked) {
-        let dir = temp_dir(name);
-        let (store, _) = EmbeddedStore::open(&dir).unwrap();
-        let s = SaleId::parse("s").unwrap();
-        store.create_sale(sale("s", 1_000)).await.unwrap();
-        let mut acked = Acked {
-            reserved: Vec::new(),
-            paid: Vec::new(),
+    /// Expiry follows the store's clock, not the wall: a one-minute hold expires when a manual
+    /// clock passes its deadline, not a millisecond before, and the reaper frees the seat.
+    #[tokio::test]
+    async fn holds_expire_by_the_store_clock() {
+        let dir = temp_dir("clock");
+        let clock = crate::clock::ManualClock::starting_now();
+        let options = Options {
+            clock: Arc::new(clock.clone()),
+            ..Options::default()
         };
-        for b in 0..40u32 {
-            let items: Vec<ReserveItem> = (0..20).map(|i| item(b * 20 + i)).collect();
-            let out = store.reserve_batch(&s, items).await.unwrap();
-            for o in out.outcomes {
-                let ReserveOutcome::Reserved(r) = o else {
-                    panic!("{o:?}")
-                };
-                if b % 3 == 0 {
-                    store.pay(&r.id, &r.user_id).await.unwrap();
-                    acked.paid.push(r.id.clone());
-                }
-                acked.reserved.push(r.id);
-            }
-        }
-        drop(store);
-        (dir, acked)
-    }
-
-    /// Flipped bits, zeroed sectors and cuts anywhere in a journal with acknowledged contents:
-    /// after each, the store either opens with every acknowledged reservation and payment and
-    /// no seat sold twice, or refuses to open and says why. Never a silent loss.
-    #[tokio::test]
-    async fn a_damaged_journal_never_loses_acknowledged_changes_silently() {
-        let (dir, acked) = busy_dir("faults").await;
-        let original = std::fs::read(dir.join(JOURNAL_FILE)).unwrap();
-        let orders = std::fs::read(dir.join(crate::orders_table::ORDERS_FILE)).unwrap();
-        let end = data_end(&dir) as usize;
-        let (mut opened, mut refused) = (0, 0);
-        // A small deterministic generator: the seeds are the test's cases.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
+        let (store, _) = EmbeddedStore::open(&dir, options).unwrap();
+        let s = SaleId::parse("c").unwrap();
+        let spec = SaleSpec::new(s.clone(), None, 1, None, Some(60), UnixMs(0)).unwrap();
+        store.create_sale(spec).await.unwrap();
+        let out = store.reserve_batch(&s, vec![item(1)]).await.unwrap();
+        let ReserveOutcome::Reserved(r) = &out.outcomes[0] else {
+            panic!("{out:?}")
         };
-        for seed in 0..90 {
-            let mut bytes = original.clone();
-            let fault = match seed % 3 {
-                0 => {
-                    // In the history, or in the space reserved after it.
-                    let at = if seed % 2 == 0 {
-                        next(end)
-                    } else {
-                        end + next(bytes.len() - end)
-                    };
-                    bytes[at] ^= 1 << next(8);
-                    format!("bit flipped at {at}")
-                }
-                1 => {
-                    let at = next(end) / 512 * 512;
-                    let to = (at + 512).min(bytes.len());
-                    bytes[at..to].fill(0);
-                    format!("sector zeroed at {at}")
-                }
-                _ => {
-                    let at = next(bytes.len());
-                    bytes.truncate(at);
-                    format!("cut at {at}")
-                }
-            };
-            let copy = temp_dir(&format!("fault-{seed}"));
-            std::fs::create_dir_all(&copy).unwrap();
-            std::fs::write(copy.join(JOURNAL_FILE), &bytes).unwrap();
-            std::fs::write(copy.join(crate::orders_table::ORDERS_FILE), &orders).unwrap();
-            match EmbeddedStore::open(&copy) {
-                Ok((store, _)) => {
-                    opened += 1;
-                    for id in &acked.reserved {
-                        let r = store.reservation(id).await.unwrap();
-                        assert!(r.is_some(), "{fault}: acknowledged {id} lost");
-                    }
-                    for id in &acked.paid {
-                        let r = store.reservation(id).await.unwrap().unwrap();
-                        assert_eq!(
-                            r.state,
-                            ReservationState::Paid,
-                            "{fault}: payment of {id} lost"
-                        );
-                    }
-                    let v = store
-                        .sale(&SaleId::parse("s").unwrap())
-                        .await
-                        .unwrap()
-                        .unwrap();
-                    assert_eq!(v.available + v.reserved + v.paid, 1_000, "{fault}");
-                    assert_eq!(v.reserved + v.paid, acked.reserved.len() as u64, "{fault}");
-                }
-                Err(e) => {
-                    refused += 1;
-                    let why = e.to_string();
-                    assert!(
-                        matches!(
-                            e,
-                            OpenError::Damaged { .. }
-                                | OpenError::JournalBehindOrders { .. }
-                                | OpenError::Corrupt { .. }
-                        ),
-                        "{fault}: {why}"
-                    );
-                    assert!(why.contains("journal"), "{fault}: {why}");
-                    assert_eq!(
-                        std::fs::read(copy.join(JOURNAL_FILE)).unwrap(),
-                        bytes,
-                        "{fault}: refused, yet the journal was changed"
-                    );
-                }
-            }
-            let _ = std::fs::remove_dir_all(&copy);
-        }
-        // Both outcomes happen: damage in the reserved zeros is harmless, in the history not.
-        assert!(
-            opened > 0 && refused > 0,
-            "opened {opened}, refused {refused}"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn damage_in_the_middle_refuses_to_open_and_changes_nothing() {
-        let (dir, _) = busy_dir("mid").await;
-        let path = dir.join(JOURNAL_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = data_end(&dir) as usize / 2;
-        bytes[at] ^= 0x04;
-        std::fs::write(&path, &bytes).unwrap();
-        let e = EmbeddedStore::open(&dir).err().expect("refused");
-        let msg = e.to_string();
-        assert!(matches!(e, OpenError::Damaged { .. }), "{msg}");
-        assert!(msg.contains("journal verify"), "{msg}");
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            bytes,
-            "the journal is untouched"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// A journal whose history outgrew its records is compacted when opened: the same state,
-    /// fewer bytes, the orders table converging on the new journal; and a compaction cut short
-    /// (its unfinished file left beside the journal, the orders table already set to follow
-    /// from the start) loses nothing.
-    #[tokio::test]
-    async fn compaction_keeps_the_state_and_survives_a_crash_midway() {
-        let (dir, acked) = busy_dir("compact").await;
-        let s = SaleId::parse("s").unwrap();
-        // Settle many holds so the history (reserve + pay or cancel) outgrows the records.
-        {
-            let (store, rec) = EmbeddedStore::open_with(&dir, Compaction::Never).unwrap();
-            assert!(!rec.compacted);
-            for id in acked
-                .reserved
-                .iter()
-                .filter(|id| !acked.paid.contains(id))
-                .take(400)
-            {
-                let r = store.reservation(id).await.unwrap().unwrap();
-                store.cancel(id, &r.user_id).await.unwrap();
-            }
-        }
-        let before = std::fs::read(dir.join(JOURNAL_FILE)).unwrap();
-        let history_bytes = journal::scan(&before).data_end;
-        let view_before;
-        {
-            let (store, rec) = EmbeddedStore::open(&dir).unwrap();
-            assert!(rec.compacted, "{rec:?}");
-            view_before = store.sale(&s).await.unwrap().unwrap();
-        }
-        let after = journal::scan(&std::fs::read(dir.join(JOURNAL_FILE)).unwrap());
-        assert!(
-            after.data_end * 10 < history_bytes * 8,
-            "compacted {} of {history_bytes} bytes",
-            after.data_end
-        );
-        // One record per sale and reservation.
-        assert_eq!(after.events.len(), 1 + acked.reserved.len());
-        // A crash in the middle of the next compaction: a torn new file, the table reset.
-        std::fs::write(dir.join(JOURNAL_NEW_FILE), &before[..before.len() / 3]).unwrap();
-        crate::orders_table::replay_from_start(&dir).unwrap();
-        let (store, rec) = EmbeddedStore::open_with(&dir, Compaction::Never).unwrap();
-        assert!(!rec.compacted);
-        assert!(!dir.join(JOURNAL_NEW_FILE).exists());
-        assert_eq!(store.sale(&s).await.unwrap().unwrap(), view_before);
-        for id in &acked.paid {
-            let r = store.reservation(id).await.unwrap().unwrap();
-            assert_eq!(r.state, ReservationState::Paid);
-        }
-        // The orders table caught up with the compacted journal and agrees with the ledger.
-        let rows = store
-            .order_rows(&s, std::time::Duration::from_secs(10))
-            .unwrap()
-            .expect("the orders table caught up");
-        let snap = store.snapshot(&s).await.unwrap().unwrap();
-        let report = ticketrush_core::audit_sale(&snap.view, &snap.reservations, Some(&rows));
-        assert!(report.passed(), "{:?}", report.violations);
+        assert_eq!(r.expires_at, store.now().plus_ms(60_000));
+        clock.advance(Duration::from_millis(59_999));
+        assert_eq!(store.reap(10).await.unwrap().expired, 0, "not yet due");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(store.reap(10).await.unwrap().expired, 1);
+        let v = store.sale(&s).await.unwrap().unwrap();
+        assert_eq!((v.available, v.reserved), (1, 0));
+        let err = store.pay(&r.id, &r.user_id).await.unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

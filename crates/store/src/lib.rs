@@ -10,12 +10,12 @@
 //! at start; the box is one allocation per call, and calls are per batch, not per request, on
 //! the hot path.
 
+pub mod clock;
 pub mod embedded;
+pub mod follower;
 pub mod journal;
-pub mod orders_table;
 pub mod redis_cluster;
 pub mod redis_store;
-pub mod verify;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,7 +25,9 @@ use ticketrush_core::{
     SaleSpec, SaleView, UnixMs, UserId,
 };
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use embedded::EmbeddedStore;
+pub use follower::{Follow, FollowError, Following, JournalFollower};
 pub use redis_store::{RedisConfig, RedisStore, RedisTls};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -34,8 +34,9 @@ use ticketrush_bench::args::{CONNECTIONS_MAX, RUN_SECONDS_MAX, USERS_MAX};
 use ticketrush_bench::report::thousands;
 use ticketrush_bench::{Report, Stopped, Target};
 use ticketrush_core::sale::SALE_TOTAL_MAX;
-use ticketrush_core::{audit_sale, AuditReport, NodeId, SaleId, SaleSpec};
+use ticketrush_core::{AuditReport, NodeId, SaleId, SaleSpec};
 use ticketrush_gateway::{Gateway, GatewayConfig, NodeSpec};
+use ticketrush_orders::{EmbeddedRows, OrderRows};
 use ticketrush_server::NodeConfig;
 use ticketrush_store::{EmbeddedStore, RedisConfig, RedisStore, Store};
 use tokio::sync::oneshot;
@@ -145,12 +146,11 @@ pub async fn demo(args: DemoArgs, interrupt: impl Future<Output = ()>) -> anyhow
 
     let mut audits = Vec::with_capacity(sales.len());
     for s in &sales {
-        let a = match &stores.embedded {
-            Some(store) => {
-                crate::orders_cmd::audit_embedded(store, s, ORDERS_CATCH_UP_WAIT).await?
-            }
-            None => audit(stores.admin.as_ref(), s).await?,
-        };
+        let table = stores.embedded.as_deref().map(EmbeddedRows);
+        let table = table.as_ref().map(|t| t as &dyn OrderRows);
+        let a = ticketrush_orders::audit(stores.admin.as_ref(), table, s, ORDERS_CATCH_UP_WAIT)
+            .await
+            .with_context(|| format!("cannot audit sale {s}"))?;
         audits.push(a);
     }
     if !args.hold {
@@ -298,7 +298,7 @@ impl Stores {
             });
         }
         let dir = dir.expect("the embedded store has a data dir");
-        let (store, _) = EmbeddedStore::open(&dir.path)
+        let (store, _) = ticketrush_orders::open_embedded(&dir.path)
             .with_context(|| format!("cannot open the store in {}", dir.path.display()))?;
         let embedded = Arc::new(store);
         let store: Arc<dyn Store> = embedded.clone();
@@ -454,15 +454,6 @@ async fn start_node(
 const ORDERS_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The audit of `ticketrush audit`, from the store itself, on the now quiet sale.
-async fn audit(store: &dyn Store, sale: &SaleId) -> anyhow::Result<AuditReport> {
-    let snap = store
-        .snapshot(sale)
-        .await
-        .with_context(|| format!("cannot read sale {sale} for the audit"))?
-        .with_context(|| format!("sale {sale} is gone"))?;
-    Ok(audit_sale(&snap.view, &snap.reservations, None))
-}
-
 fn bench_args(args: &DemoArgs, sales: &[SaleId], gateway: SocketAddr) -> ticketrush_bench::Args {
     let target = Target {
         authority: gateway.to_string(),

@@ -1,14 +1,14 @@
 //! `ticketrush journal verify|salvage|compact --data-dir DIR`: the operator's tools for an
 //! embedded data dir, above all one whose node refused to open it (see
-//! `ticketrush_store::verify`). None needs the node running; run `salvage --install` and
+//! `ticketrush_orders::verify`). None needs the node running; run `salvage --install` and
 //! `compact` with no node on the data dir.
 
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use ticketrush_orders::verify::{self, Verify};
 use ticketrush_store::journal::{Format, Tail};
-use ticketrush_store::verify::{self, Verify};
 
 #[derive(Args)]
 pub struct JournalArgs {
@@ -64,9 +64,12 @@ pub fn run(args: JournalArgs) -> anyhow::Result<()> {
         }
         JournalCommand::Compact(a) => {
             let before = std::fs::metadata(a.data_dir.join("journal.log"))?.len();
-            let (store, rec) = ticketrush_store::EmbeddedStore::open_with(
+            let (store, rec) = ticketrush_store::EmbeddedStore::open(
                 &a.data_dir,
-                ticketrush_store::embedded::Compaction::Always,
+                ticketrush_store::embedded::Options {
+                    compaction: ticketrush_store::embedded::Compaction::Always,
+                    ..ticketrush_orders::embedded_options()
+                },
             )?;
             drop(store);
             let after = std::fs::metadata(a.data_dir.join("journal.log"))?.len();

@@ -23,7 +23,7 @@ use ticketrush_server::limits::{
     PENDING_CEILING, PENDING_DEFAULT,
 };
 use ticketrush_server::NodeConfig;
-use ticketrush_store::{EmbeddedStore, RedisConfig, RedisStore, Store, StoreError};
+use ticketrush_store::{RedisConfig, RedisStore, Store, StoreError};
 
 /// Most replicas a write may be required to reach (`--redis-wait-replicas`).
 const REDIS_WAIT_REPLICAS_MAX: i64 = 5;
@@ -569,7 +569,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
         );
         return Ok(Arc::new(store));
     }
-    let (store, recovery) = EmbeddedStore::open(&args.data_dir)?;
+    let (store, recovery) = ticketrush_orders::open_embedded(&args.data_dir)?;
     tracing::info!(
         data_dir = %args.data_dir.display(),
         events = recovery.events,

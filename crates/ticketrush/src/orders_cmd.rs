@@ -1,19 +1,19 @@
 //! `audit`, `order-writer`, and the order writer inside `serve --postgres`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ticketrush_core::{audit_sale, AuditReport, NodeId, SaleId};
-use ticketrush_orders::{OrderWriter, OrdersDb, WriterConfig};
-use ticketrush_store::{EmbeddedStore, RedisConfig, RedisStore, Store};
+use ticketrush_core::{AuditReport, NodeId, SaleId};
+use ticketrush_orders::{
+    EmbeddedRows, OrderRows, OrderWriter, OrdersDb, PostgresRows, WriterConfig,
+};
+use ticketrush_store::{RedisConfig, RedisStore};
 
 use crate::RuntimeArgs;
 
 /// Longest `audit` waits for the order writer to catch up, at most.
 const AUDIT_WAIT_SECONDS_MAX: u64 = 3_600;
-/// Snapshots of a sale that moved while it was audited, before the audit says so.
-const AUDIT_ATTEMPTS_MAX: u32 = 5;
 
 #[derive(Args)]
 pub struct AuditArgs {
@@ -184,12 +184,38 @@ pub async fn order_writer(
 }
 
 pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let within = Duration::from_secs(args.wait_seconds);
     let report = match (&crate::redis_urls(&args.redis), &args.data_dir) {
-        (Some(redis), _) => audit_redis(&args, redis).await?,
+        (Some(redis), _) => {
+            let tls = args.redis_tls.load()?;
+            let store = RedisStore::connect(RedisConfig {
+                tls: tls.clone(),
+                ..RedisConfig::new(redis)
+            })
+            .await
+            .context("cannot reach redis")?;
+            let table = match &args.postgres {
+                Some(pg) => {
+                    let ca = read_ca(args.postgres_ca_file.as_deref())?;
+                    let db = OrdersDb::connect(pg, ca.as_deref())
+                        .await
+                        .context("cannot reach postgres")?;
+                    Some(PostgresRows {
+                        db,
+                        redis: redis.clone(),
+                        tls,
+                    })
+                }
+                None => None,
+            };
+            let table = table.as_ref().map(|t| t as &dyn OrderRows);
+            ticketrush_orders::audit(&store, table, &args.sale, within).await?
+        }
         (None, Some(dir)) => {
-            let (store, _) = EmbeddedStore::open(dir)
+            let (store, _) = ticketrush_orders::open_embedded(dir)
                 .with_context(|| format!("cannot open the store in {}", dir.display()))?;
-            audit_embedded(&store, &args.sale, Duration::from_secs(args.wait_seconds)).await?
+            let table = EmbeddedRows(&store);
+            ticketrush_orders::audit(&store, Some(&table), &args.sale, within).await?
         }
         (None, None) => {
             bail!("give the store to audit: --redis URL [--postgres URL] or --data-dir DIR")
@@ -204,104 +230,6 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn audit_redis(args: &AuditArgs, redis: &str) -> anyhow::Result<AuditReport> {
-    let tls = args.redis_tls.load()?;
-    let store = RedisStore::connect(RedisConfig {
-        tls: tls.clone(),
-        ..RedisConfig::new(redis)
-    })
-    .await
-    .context("cannot reach redis")?;
-    let Some(pg) = &args.postgres else {
-        return audit_store(&store, &args.sale, None).await;
-    };
-    let ca = read_ca(args.postgres_ca_file.as_deref())?;
-    let db = OrdersDb::connect(pg, ca.as_deref())
-        .await
-        .context("cannot reach postgres")?;
-    let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
-    // Snapshot first, then wait until the writers wrote everything up to it (and so at least
-    // the snapshot's states), then read the rows. If the sale moved meanwhile (a reaper
-    // expiring a hold, a payment) the rows may be ahead of the snapshot: take it again.
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let snap = store
-            .snapshot(&args.sale)
-            .await?
-            .with_context(|| format!("no sale {}", args.sale))?;
-        let backlog = loop {
-            let b = ticketrush_orders::writer::backlog(redis, &tls, &args.sale).await?;
-            if b.is_none_or(|n| n == 0) || Instant::now() >= deadline {
-                break b;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let rows = db.rows_of(&args.sale).await?;
-        let moved = store.sale(&args.sale).await?.as_ref() != Some(&snap.view);
-        if moved && attempts < AUDIT_ATTEMPTS_MAX && Instant::now() < deadline {
-            continue;
-        }
-        let mut report = audit_sale(&snap.view, &snap.reservations, Some(&rows));
-        match backlog {
-            Some(0) => {}
-            Some(n) => report.note_violation(format!(
-                "the order writer is still {n} event(s) behind after {} s",
-                args.wait_seconds
-            )),
-            None => report.note_violation(
-                "no order writer has ever read this sale's events (is a node running with --postgres?)"
-                    .into(),
-            ),
-        }
-        if moved {
-            report.note_violation(
-                "the sale kept changing while it was audited; audit it when no node is selling"
-                    .into(),
-            );
-        }
-        return Ok(report);
-    }
-}
-
-async fn audit_store(
-    store: &dyn Store,
-    sale: &SaleId,
-    orders: Option<&OrdersDb>,
-) -> anyhow::Result<AuditReport> {
-    let snap = store
-        .snapshot(sale)
-        .await?
-        .with_context(|| format!("no sale {sale}"))?;
-    let rows = match orders {
-        Some(db) => Some(db.rows_of(sale).await?),
-        None => None,
-    };
-    Ok(audit_sale(&snap.view, &snap.reservations, rows.as_deref()))
-}
-
-/// Audits an embedded store against its own orders table (SQLite in the data dir), once the
-/// table holds everything durable (waiting up to `within`).
-pub(crate) async fn audit_embedded(
-    store: &EmbeddedStore,
-    sale: &SaleId,
-    within: Duration,
-) -> anyhow::Result<AuditReport> {
-    let snap = store
-        .snapshot(sale)
-        .await?
-        .with_context(|| format!("no sale {sale}"))?;
-    let rows = tokio::task::block_in_place(|| store.order_rows(sale, within))
-        .map_err(|e| anyhow::anyhow!("cannot read the orders table: {e}"))?;
-    let mut report = audit_sale(&snap.view, &snap.reservations, rows.as_deref());
-    if rows.is_none() {
-        report.note_violation(format!(
-            "the orders table did not catch up with the journal within {within:?}"
-        ));
-    }
-    Ok(report)
 }
 
 pub(crate) fn print_report(sale: &SaleId, r: &AuditReport) {

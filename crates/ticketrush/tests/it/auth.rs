@@ -10,7 +10,7 @@ use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header
 use serde_json::{json, Value};
 use ticketrush_server::auth::{KeySource, UserAuth};
 
-use crate::support::{config, Answer, Client, TempDir, TestNode};
+use ticketrush_testkit::{config, Answer, Client, TempDir, TestNode};
 
 const SECRET: &[u8] = b"a-test-secret-of-at-least-thirty-two-bytes!";
 

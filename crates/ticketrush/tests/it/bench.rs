@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use ticketrush_bench::{Args, Endpoint, Report, Stopped, Target};
 use ticketrush_core::SaleId;
 
-use crate::support::{wait_until, TempDir, TestNode};
+use ticketrush_testkit::{wait_until, TempDir, TestNode};
 
 fn args_for(node: &TestNode, sale: &str, users: u64) -> Args {
     let target = Target::parse(&format!("http://{}", node.addr)).unwrap();
@@ -203,18 +203,7 @@ async fn the_binary_exits_0_when_the_check_passes() {
 
 #[test]
 fn bad_flags_exit_2_and_an_unreadable_sale_exits_1() {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ticketrush"))
-            .arg("bench")
-            .args(args)
-            .env_remove("TICKETRUSH_LOG")
-            .output()
-            .expect("run ticketrush");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| crate::cli::run(&[&["bench"], args].concat());
     let ok = ["--target", "http://127.0.0.1:1", "--sale", "s"];
     let cases: &[(&[&str], &str)] = &[
         (&["--users", "0"], "--users"),
@@ -252,7 +241,7 @@ fn bad_flags_exit_2_and_an_unreadable_sale_exits_1() {
 async fn users_answered_429_retry_after_retry_after() {
     // How: a node that lets one reservation wait for the store sheds most of 16 concurrent
     // connections with 429; those users come back after Retry-After (1 s), up to 3 times.
-    let mut config = crate::support::config("test-node");
+    let mut config = ticketrush_testkit::config("test-node");
     config.pending_max = 1;
     config.batch_wait = Duration::from_millis(5);
     let node = TestNode::start_with(config).await;

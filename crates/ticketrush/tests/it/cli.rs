@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-fn run(args: &[&str]) -> (Option<i32>, String) {
+/// Runs the binary with `args`: its exit code and standard error.
+pub(crate) fn run(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ticketrush"))
         .args(args)
         .env_remove("TICKETRUSH_LOG")

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
-use crate::support::{wait_until, Client, TempDir, ADMIN_TOKEN};
+use ticketrush_testkit::{wait_until, Client, TempDir, ADMIN_TOKEN};
 
 /// The real `ticketrush serve` on a free port with its own data dir.
 pub(crate) async fn spawn_node(dir: &Path) -> (Child, Client) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use ticketrush_gateway::NodeSpec;
 
-use crate::support::{config, Client, TempDir, TestNode};
+use ticketrush_testkit::{config, Client, TempDir, TestNode};
 
 fn chromium() -> PathBuf {
     for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
@@ -186,7 +186,7 @@ async fn the_dashboard_page_loads_nothing_from_another_host() {
 async fn the_gateway_dashboard_lists_each_node_with_its_weight_and_health() {
     // Two nodes selling from one store, as a tier does.
     let shared_dir = TempDir::new("gw-store");
-    let (store, _) = ticketrush_store::EmbeddedStore::open(&shared_dir.0).expect("open store");
+    let (store, _) = ticketrush_orders::open_embedded(&shared_dir.0).expect("open store");
     let store: Arc<dyn ticketrush_store::Store> = Arc::new(store);
     let a = TestNode::start_on(config("gw-a"), store.clone(), TempDir::new("gw-a")).await;
     let b = TestNode::start_on(config("gw-b"), store, TempDir::new("gw-b")).await;
@@ -195,7 +195,7 @@ async fn the_gateway_dashboard_lists_each_node_with_its_weight_and_health() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let gw = crate::gateway::start_gateway(
+    let gw = ticketrush_testkit::gateway::start_gateway(
         vec![
             NodeSpec {
                 addr: a.addr,
@@ -301,7 +301,7 @@ async fn metrics_carry_stock_gauges_and_build_info_and_the_grafana_board_uses_on
     // Every metric the Grafana board queries exists on a node, a gateway or an order writer.
     let mut known = text.clone();
     ticketrush_orders::writer::WriterStats::default().render(&mut known);
-    let gw = crate::gateway::start_gateway(
+    let gw = ticketrush_testkit::gateway::start_gateway(
         vec![NodeSpec {
             addr: node.addr,
             weight: 1,

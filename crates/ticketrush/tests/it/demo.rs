@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::redis_server::RedisServer;
-use crate::support::TempDir;
+use ticketrush_testkit::redis_server::RedisServer;
+use ticketrush_testkit::TempDir;
 
 struct Run {
     code: Option<i32>,

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
-use crate::redis_server::RedisServer;
-use crate::support::{wait_until, Client, TempDir, ADMIN_TOKEN};
+use ticketrush_testkit::redis_server::RedisServer;
+use ticketrush_testkit::{wait_until, Client, TempDir, ADMIN_TOKEN};
 
 fn sigterm(child: &Child) {
     let pid = child.id().expect("running").to_string();
@@ -193,8 +193,8 @@ async fn json_logs_parse_line_by_line_and_name_the_failed_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_passes_request_ids_on_and_makes_one_when_missing() {
-    let node = crate::support::TestNode::start().await;
-    let gw = crate::gateway::start_gateway(
+    let node = ticketrush_testkit::TestNode::start().await;
+    let gw = ticketrush_testkit::gateway::start_gateway(
         vec![ticketrush_gateway::NodeSpec {
             addr: node.addr,
             weight: 1,

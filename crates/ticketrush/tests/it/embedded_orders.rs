@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use serde_json::json;
 use ticketrush_core::{audit_sale, ReservationState, SaleId};
-use ticketrush_store::{EmbeddedStore, Store};
+use ticketrush_store::Store;
 
 use crate::crash::spawn_node;
-use crate::support::{config, wait_until, TempDir, TestNode};
+use ticketrush_testkit::{config, wait_until, TempDir, TestNode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_rows_follow_every_state() {
     let dir = TempDir::new("embedded-orders");
-    let (store, _) = EmbeddedStore::open(&dir.0).unwrap();
+    let (store, _) = ticketrush_orders::open_embedded(&dir.0).unwrap();
     let store = Arc::new(store);
     let node = TestNode::start_on(config("n1"), store.clone(), TempDir::new("unused")).await;
     let c = &node.client;

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 use crate::crash::spawn_node;
-use crate::support::{wait_until, TempDir};
+use ticketrush_testkit::{wait_until, TempDir};
 
 async fn sigterm(child: &mut Child) {
     let pid = child.id().expect("running").to_string();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::crash::spawn_serve;
-use crate::support::{TempDir, TestNode, ADMIN_TOKEN};
+use ticketrush_testkit::{TempDir, TestNode, ADMIN_TOKEN};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -14,9 +14,9 @@ use ticketrush_core::{
 use ticketrush_orders::{OrderWriter, OrdersDb, WriterConfig};
 use ticketrush_store::{RedisConfig, RedisStore, Store};
 
-use crate::pg::{FreezableProxy, TestDb};
-use crate::redis_server::RedisServer;
-use crate::support::{config, wait_until, TempDir, TestNode};
+use ticketrush_testkit::pg::{FreezableProxy, TestDb};
+use ticketrush_testkit::redis_server::RedisServer;
+use ticketrush_testkit::{config, wait_until, TempDir, TestNode};
 
 fn writer_config(redis: &RedisServer, pg_url: &str, name: &str) -> WriterConfig {
     let mut c = WriterConfig::new(&redis.url(), pg_url, name);

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::redis_server::{free_port, RedisServer};
 use crate::redis_tls::{ca_and_cert, path};
-use crate::support::TempDir;
+use ticketrush_testkit::redis_server::{free_port, RedisServer};
+use ticketrush_testkit::TempDir;
 
 fn pg_bin(name: &str) -> PathBuf {
     let base = Path::new("/usr/lib/postgresql");

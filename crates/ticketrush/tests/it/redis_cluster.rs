@@ -10,8 +10,8 @@ use serde_json::json;
 use ticketrush_store::{RedisConfig, RedisStore, Store};
 use tokio::task::JoinSet;
 
-use crate::redis_server::RedisCluster;
-use crate::support::{config, wait_until, TempDir, TestNode};
+use ticketrush_testkit::redis_server::RedisCluster;
+use ticketrush_testkit::{config, wait_until, TempDir, TestNode};
 
 async fn cluster_node(cluster: &RedisCluster, name: &str) -> TestNode {
     let store = RedisStore::connect(RedisConfig::new(cluster.url()))
@@ -50,7 +50,7 @@ fn sales_on(cluster: &RedisCluster, sales: &[String], master: usize) -> Vec<Stri
 /// answers the (sale, reservation id) pairs it was acknowledged. A 503 must name the
 /// reservation whose outcome it leaves open; any other answer fails the test.
 fn spawn_buyers(
-    c: &crate::support::Client,
+    c: &ticketrush_testkit::Client,
     sales: &[String],
     workers: usize,
     stop: &Arc<std::sync::atomic::AtomicBool>,
@@ -495,7 +495,7 @@ async fn a_sale_whose_slot_moves_mid_sale_sells_on_without_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_of_every_sale_reach_postgres_and_audit_passes() {
     let cluster = RedisCluster::start();
-    let db = crate::pg::TestDb::create().await;
+    let db = ticketrush_testkit::pg::TestDb::create().await;
     let pg = db.url();
     let (url_a, url_b) = (cluster.masters[0].url(), cluster.masters[2].url());
     let (_a, ca) = crate::crash::spawn_serve(&[
@@ -609,7 +609,7 @@ async fn demo_sells_many_trains_over_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_writer_goes_on_for_the_live_masters_when_one_is_down() {
     let mut cluster = RedisCluster::start();
-    let db = crate::pg::TestDb::create().await;
+    let db = ticketrush_testkit::pg::TestDb::create().await;
     let pg = db.url();
     let url = cluster.masters[0].url();
     let (_node, c) =

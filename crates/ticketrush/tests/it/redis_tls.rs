@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::redis_server::{free_cluster_port, free_port};
-use crate::support::TempDir;
+use ticketrush_testkit::redis_server::{free_cluster_port, free_port};
+use ticketrush_testkit::TempDir;
 
 /// Runs `openssl ARGS` (split at spaces) in `dir`; panics with its output when it fails.
 fn openssl(dir: &Path, args: &str) {
@@ -193,7 +193,7 @@ async fn serve_and_audit_reach_a_tls_only_redis_and_a_wrong_ca_is_refused() {
     // serve over TLS, logs at info, piped so the test can read them.
     let mut args = vec![
         "--admin-token",
-        crate::support::ADMIN_TOKEN,
+        ticketrush_testkit::ADMIN_TOKEN,
         "--redis",
         &url,
     ];
@@ -292,17 +292,10 @@ async fn a_tls_redis_cluster_sells_from_one_rediss_seed() {
             &dir,
             port,
             &[
-                "--tls-auth-clients",
-                "no",
-                "--tls-cluster",
-                "yes",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "2000",
-                "--cluster-require-full-coverage",
-                "no",
-            ],
+                &["--tls-auth-clients", "no", "--tls-cluster", "yes"][..],
+                &ticketrush_testkit::redis_server::CLUSTER_FLAGS,
+            ]
+            .concat(),
         ));
         ports.push(port);
     }

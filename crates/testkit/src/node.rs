@@ -1,7 +1,5 @@
 //! Test helpers: a node on `127.0.0.1:0` with its own data dir, and a small HTTP client.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use ticketrush_core::NodeId;
 use ticketrush_server::NodeConfig;
-use ticketrush_store::EmbeddedStore;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -63,7 +60,23 @@ impl TestNode {
 
     pub async fn start_with(config: NodeConfig) -> TestNode {
         let dir = TempDir::new("node");
-        let (store, _) = EmbeddedStore::open(&dir.0).expect("open store");
+        let (store, _) = ticketrush_orders::open_embedded(&dir.0).expect("open store");
+        Self::start_on(config, Arc::new(store), dir).await
+    }
+
+    /// A node whose embedded store decides by `clock` (expiry, the reaper): a test moves the
+    /// clock past a deadline instead of waiting for it.
+    pub async fn start_with_clock(
+        config: NodeConfig,
+        clock: ticketrush_store::ManualClock,
+    ) -> TestNode {
+        let dir = TempDir::new("node");
+        let options = ticketrush_store::embedded::Options {
+            clock: Arc::new(clock),
+            ..ticketrush_orders::embedded_options()
+        };
+        let (store, _) =
+            ticketrush_store::EmbeddedStore::open(&dir.0, options).expect("open store");
         Self::start_on(config, Arc::new(store), dir).await
     }
 

@@ -1,4 +1,5 @@
-//! The `orders` table in PostgreSQL: schema, batch upsert, and reads for the audit.
+//! The `orders` table in PostgreSQL (a cluster's home of it): the table of `crate::schema`,
+//! the batch upsert, and reads for the audit.
 //!
 //! One statement writes a whole batch: `INSERT … SELECT FROM unnest(arrays) ON CONFLICT`,
 //! measured against COPY into a staging table in BENCHMARKS.md; unnest needs no temporary
@@ -12,25 +13,15 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::{OrdersError, OrdersResult};
 
-/// docs/API.md's table, created if missing. The state check keeps anything but the four states out.
-/// Under an advisory lock: two nodes starting at once would otherwise race on `IF NOT EXISTS`
-/// (PostgreSQL then refuses one with a duplicate key in its catalog).
-pub const SCHEMA: &str = "
-BEGIN;
-SELECT pg_advisory_xact_lock(7131734);
-CREATE TABLE IF NOT EXISTS orders (
-    reservation_id text PRIMARY KEY,
-    sale_id text NOT NULL,
-    user_id text NOT NULL,
-    state text NOT NULL CHECK (state IN ('reserved', 'paid', 'cancelled', 'expired')),
-    created_at timestamptz NOT NULL,
-    expires_at timestamptz NOT NULL,
-    paid_at timestamptz,
-    updated_at timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS orders_sale_id ON orders (sale_id);
-COMMIT;
-";
+/// docs/API.md's table (`crate::schema`), created if missing. The state check keeps anything
+/// but the four states out. Under an advisory lock: two nodes starting at once would otherwise
+/// race on `IF NOT EXISTS` (PostgreSQL then refuses one with a duplicate key in its catalog).
+fn schema_sql() -> String {
+    format!(
+        "BEGIN;\nSELECT pg_advisory_xact_lock(7131734);\n{}COMMIT;\n",
+        crate::schema::create_table(crate::schema::Dialect::Postgres)
+    )
+}
 
 /// The upsert of a batch. A conflicting row changes only from `reserved` to a final state:
 /// final states are final, and an older event arriving late cannot move a row back.
@@ -121,7 +112,7 @@ impl OrdersDb {
         let limit_ms = PG_TIMEOUT.as_millis() - 500;
         let set = format!("SET statement_timeout = {limit_ms}");
         bounded("create table", db.client.batch_execute(&set)).await?;
-        bounded("create table", db.client.batch_execute(SCHEMA)).await?;
+        bounded("create table", db.client.batch_execute(&schema_sql())).await?;
         Ok(db)
     }
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::support::{Answer, Client, TestNode};
+use ticketrush_testkit::{Answer, Client, TestNode};
 
 /// Fires `n` reservations at once; `user(i)` and `key(i)` name each one's user and key.
 async fn burst(
@@ -155,7 +155,7 @@ async fn cancelled_and_expired_tickets_are_sold_again_under_demand() {
         .map(|w| w.body["reservation_id"].as_str().unwrap().to_string())
         .collect();
     let mut round = 0;
-    let resold = crate::support::wait_until(std::time::Duration::from_secs(8), || {
+    let resold = ticketrush_testkit::wait_until(std::time::Duration::from_secs(8), || {
         round += 1;
         let (c, lapsing, r) = (c.clone(), lapsing.clone(), round);
         async move {

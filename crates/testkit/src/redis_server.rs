@@ -7,7 +7,20 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::TempDir;
+use crate::TempDir;
+
+/// A test cluster node's flags. `cluster-require-full-coverage no`, as docs/DEPLOYMENT.md
+/// recommends: without it, once the cluster agrees a master without a replica has failed
+/// (after the node timeout), every master refuses every command (CLUSTERDOWN), not just the
+/// dead one's slots.
+pub const CLUSTER_FLAGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-node-timeout",
+    "2000",
+    "--cluster-require-full-coverage",
+    "no",
+];
 
 pub struct RedisServer {
     pub port: u16,
@@ -174,17 +187,7 @@ impl RedisCluster {
                 child: None,
                 extra: Vec::new(),
             };
-            // As docs/DEPLOYMENT.md recommends: without it, once the cluster agrees a master
-            // without a replica has failed (after the node timeout), every master refuses every
-            // command (CLUSTERDOWN), not just the dead one's slots.
-            s.spawn_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "2000",
-                "--cluster-require-full-coverage",
-                "no",
-            ]);
+            s.spawn_with(&CLUSTER_FLAGS);
             masters.push(s);
         }
         let addrs: Vec<String> = masters

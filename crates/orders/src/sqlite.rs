@@ -1,4 +1,6 @@
-//! The embedded store's orders table: docs/API.md's `orders` shape in SQLite, in the data dir.
+//! The orders table of an embedded node: docs/API.md's `orders` table (`crate::schema`) in
+//! SQLite, in the data dir, following the embedded store's journal ([`SqliteOrders`], the
+//! store's `JournalFollower`).
 //!
 //! On one machine the journal is the event log, as the Redis Streams are in cluster mode, and
 //! this is its order writer: a thread (`orders-writer`) that reads the journal file up to the
@@ -17,15 +19,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use ticketrush_core::{
     Event, Reservation, ReservationId, ReservationState, SaleId, UnixMs, UserId,
 };
+use ticketrush_store::follower::{Follow, FollowError, Following, JournalFollower};
+use ticketrush_store::journal;
 use tokio::sync::watch;
 
-use crate::journal;
+use crate::schema::{self, Dialect};
 
 pub const ORDERS_FILE: &str = "orders.sqlite";
 
@@ -34,24 +38,44 @@ const CHUNK_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Wait between looks at the durable point when there is nothing new.
 const POLL: Duration = Duration::from_millis(20);
 
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
-CREATE TABLE IF NOT EXISTS orders (
-    reservation_id text PRIMARY KEY,
-    sale_id text NOT NULL,
-    user_id text NOT NULL,
-    state text NOT NULL CHECK (state IN ('reserved', 'paid', 'cancelled', 'expired')),
-    created_at text NOT NULL,
-    expires_at text NOT NULL,
-    paid_at text,
-    updated_at text NOT NULL
-);
-CREATE INDEX IF NOT EXISTS orders_sale_id ON orders (sale_id);
-CREATE TABLE IF NOT EXISTS orders_progress (id integer PRIMARY KEY CHECK (id = 1), journal_offset integer NOT NULL);
-";
+/// The table (`crate::schema`) and how far into the journal it was written.
+fn schema_sql() -> String {
+    format!(
+        "PRAGMA journal_mode = WAL;\nPRAGMA synchronous = NORMAL;\n{}         CREATE TABLE IF NOT EXISTS orders_progress (id integer PRIMARY KEY CHECK (id = 1),          journal_offset integer NOT NULL);\n",
+        schema::create_table(Dialect::Sqlite)
+    )
+}
 
-/// The running orders writer of an embedded store.
+/// The embedded store's orders table, as the store uses it (`EmbeddedStore::open` with
+/// `Options { orders: Some(Arc::new(SqliteOrders)), .. }`; `crate::open_embedded` does that).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqliteOrders;
+
+impl JournalFollower for SqliteOrders {
+    fn progress(&self, dir: &Path) -> Result<Option<u64>, String> {
+        progress(dir).map_err(|e| e.to_string())
+    }
+
+    fn replay_from_start(&self, dir: &Path) -> Result<(), String> {
+        replay_from_start(dir).map_err(|e| e.to_string())
+    }
+
+    fn follow(&self, from: Follow) -> Result<Box<dyn Following>, FollowError> {
+        OrdersTable::start(
+            &from.dir,
+            &from.journal,
+            from.data_end,
+            from.converted,
+            from.durable,
+        )
+        .map(|t| Box::new(t) as Box<dyn Following>)
+        .map_err(|e| match e {
+            StartError::Ahead { table } => FollowError::Ahead { table },
+            StartError::Sqlite(e) => FollowError::Failed(e.to_string()),
+        })
+    }
+}
+
 /// Why the table could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -62,6 +86,7 @@ pub enum StartError {
     Ahead { table: u64 },
 }
 
+/// The running orders writer of an embedded store.
 pub struct OrdersTable {
     path: PathBuf,
     stop: Arc<AtomicBool>,
@@ -122,32 +147,21 @@ impl OrdersTable {
             thread: Some(thread),
         })
     }
+}
 
-    /// Journal bytes whose rows are written.
-    pub fn written(&self) -> u64 {
+impl Following for OrdersTable {
+    fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
     }
 
-    /// Every row of a sale, read on a connection of its own.
-    pub fn rows_of(&self, sale: &SaleId) -> rusqlite::Result<Vec<Reservation>> {
-        let conn = Connection::open(&self.path)?;
-        read_rows(&conn, Some(sale))
+    /// Read on a connection of its own.
+    fn rows_of(&self, sale: &SaleId) -> Result<Vec<Reservation>, String> {
+        Connection::open(&self.path)
+            .and_then(|conn| read_rows(&conn, Some(sale)))
+            .map_err(|e| e.to_string())
     }
 
-    /// Waits (bounded) until the rows of everything durable up to `durable_bytes` are written.
-    pub fn wait_caught_up(&self, durable_bytes: u64, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while self.written() < durable_bytes {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(POLL);
-        }
-        true
-    }
-
-    /// Writes what is durable, then stops the thread.
-    pub fn stop(&mut self) {
+    fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -185,14 +199,14 @@ fn open_table(
     converted: bool,
 ) -> Result<(Connection, u64), StartError> {
     let conn = Connection::open(path)?;
-    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(&schema_sql())?;
     let mut offset: u64 = conn
         .query_row("SELECT journal_offset FROM orders_progress", [], |r| {
             r.get::<_, i64>(0)
         })
         .optional()?
         .map_or(0, |o| o.max(0) as u64);
-    let start = crate::journal::MAGIC.len() as u64;
+    let start = journal::MAGIC.len() as u64;
     if converted {
         offset = start;
     } else if offset > data_end {
@@ -237,10 +251,10 @@ pub fn progress(dir: &Path) -> rusqlite::Result<Option<u64>> {
 
 /// The rows of one sale, or of all.
 fn read_rows(conn: &Connection, sale: Option<&SaleId>) -> rusqlite::Result<Vec<Reservation>> {
-    let mut stmt = conn.prepare(
-        "SELECT reservation_id, sale_id, user_id, state, created_at, expires_at, paid_at, \
-         updated_at FROM orders WHERE ?1 IS NULL OR sale_id = ?1",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM orders WHERE ?1 IS NULL OR sale_id = ?1",
+        schema::column_list()
+    ))?;
     let rows = stmt.query_map([sale.map(SaleId::as_str)], |r| {
         Ok((
             r.get::<_, String>(0)?,

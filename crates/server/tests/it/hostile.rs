@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Answer, Client, TestNode, ADMIN_TOKEN};
+use ticketrush_testkit::{Answer, Client, TestNode, ADMIN_TOKEN};
 
 // ----- helpers -----
 
@@ -624,11 +624,11 @@ async fn read_answer(s: &mut TcpStream) -> String {
 /// request is answered, with `Connection: close`, and then the connection closes.
 #[tokio::test]
 async fn a_draining_node_answers_idle_keep_alive_connections_with_connection_close() {
-    let dir = crate::support::TempDir::new("drain");
-    let (store, _) = ticketrush_store::EmbeddedStore::open(&dir.0).unwrap();
+    let dir = ticketrush_testkit::TempDir::new("drain");
+    let (store, _) = ticketrush_orders::open_embedded(&dir.0).unwrap();
     let grace = ticketrush_server::limits::DRAIN_IDLE_GRACE;
     let mut node = TestNode::start_draining(
-        crate::support::config("drain"),
+        ticketrush_testkit::config("drain"),
         std::sync::Arc::new(store),
         dir,
         grace,
@@ -644,7 +644,7 @@ async fn a_draining_node_answers_idle_keep_alive_connections_with_connection_clo
     node.begin_stop();
     let addr = node.addr;
     assert!(
-        crate::support::wait_until(Duration::from_secs(5), || async move {
+        ticketrush_testkit::wait_until(Duration::from_secs(5), || async move {
             TcpStream::connect(addr).await.is_err()
         })
         .await,

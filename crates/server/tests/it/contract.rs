@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 use ticketrush_core::{SaleId, UnixMs};
+use ticketrush_store::{Clock, ManualClock};
 
-use crate::support::{config, wait_until, Answer, Client, TestNode, ADMIN_TOKEN};
+use ticketrush_testkit::{config, wait_until, Answer, Client, TestNode, ADMIN_TOKEN};
 
 // ----- helpers -----
 
@@ -78,21 +79,33 @@ async fn get_reservation(c: &Client, id: &str) -> Answer {
     c.get(&format!("/api/v1/reservations/{id}")).await
 }
 
-/// Waits, until `expires_at` plus the contract's 2 seconds, for the hold to read `expired`.
-async fn wait_expired(c: &Client, id: &str, expires_at_ms: i64) {
-    let left = (expires_at_ms + 2_000 - now_ms()).max(0) as u64;
-    let path = format!("/api/v1/reservations/{id}");
-    let path = &path;
-    let ok = wait_until(Duration::from_millis(left), || async move {
-        c.get(path).await.body["state"] == "expired"
-    })
-    .await;
-    let late = get_reservation(c, id).await;
-    assert!(
-        ok,
-        "hold not expired within 2 s of expires_at ({} ms over): {late:?}",
-        now_ms() - expires_at_ms
-    );
+/// A node whose store's clock the test moves (see `TestNode::start_with_clock`).
+async fn node_with_clock() -> (TestNode, ManualClock) {
+    let clock = ManualClock::starting_now();
+    (
+        TestNode::start_with_clock(config("clock-node"), clock.clone()).await,
+        clock,
+    )
+}
+
+/// Moves `clock` past `expires_at` and waits (2 s, the contract's bound, in real time: the
+/// reaper runs every 250 ms) for each hold to read `expired`.
+async fn expire_by_clock(c: &Client, clock: &ManualClock, holds: &[(String, i64)]) {
+    let latest = holds.iter().map(|(_, e)| *e).max().unwrap_or(0);
+    let ahead = (latest + 1 - clock.now().0).max(0) as u64;
+    clock.advance(Duration::from_millis(ahead));
+    for (id, _) in holds {
+        let path = format!("/api/v1/reservations/{id}");
+        let path = &path;
+        let ok = wait_until(Duration::from_secs(2), || async move {
+            c.get(path).await.body["state"] == "expired"
+        })
+        .await;
+        assert!(
+            ok,
+            "hold {id} not expired within 2 s of the clock passing expires_at"
+        );
+    }
 }
 
 // ----- sales -----
@@ -613,17 +626,26 @@ async fn cancel_after_pay_is_409_already_paid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_and_cancel_after_expiry_are_409_expired() {
-    let node = TestNode::start().await;
+    let (node, clock) = node_with_clock().await;
     let c = &node.client;
-    create(c, "exp", 4, json!({"hold_seconds": 1, "per_user_limit": 4})).await;
+    create(
+        c,
+        "exp",
+        4,
+        json!({"hold_seconds": 60, "per_user_limit": 4}),
+    )
+    .await;
     let a = c.reserve("exp", "u1").await;
     assert_eq!(a.status, 201, "{a:?}");
     let (id, expires) = (rid(&a), time_ms(&a.body["expires_at"]));
     let b = c.reserve("exp", "u1").await;
     assert_eq!(b.status, 201, "{b:?}");
     let id_b = rid(&b);
-    wait_expired(c, &id, expires).await;
-    wait_expired(c, &id_b, time_ms(&b.body["expires_at"])).await;
+    let holds = [
+        (id.clone(), expires),
+        (id_b.clone(), time_ms(&b.body["expires_at"])),
+    ];
+    expire_by_clock(c, &clock, &holds).await;
     assert_error(&c.pay(&id, "u1").await, 409, "expired");
     assert_error(&c.cancel(&id_b, "u1").await, 409, "expired");
     // Both again, crossed: still 409 expired, nothing changes.
@@ -637,15 +659,14 @@ async fn pay_and_cancel_after_expiry_are_409_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_just_after_expires_at_is_409_expired_even_before_the_reaper() {
-    let node = TestNode::start().await;
+    let (node, clock) = node_with_clock().await;
     let c = &node.client;
-    create(c, "late", 2, json!({"hold_seconds": 1})).await;
+    create(c, "late", 2, json!({"hold_seconds": 60})).await;
     let a = c.reserve("late", "u1").await;
     assert_eq!(a.status, 201, "{a:?}");
     let expires = time_ms(&a.body["expires_at"]);
-    // Wait only until the deadline has passed, not for the reaper.
-    let passed = wait_until(Duration::from_secs(3), || async { now_ms() > expires }).await;
-    assert!(passed);
+    // Just past the deadline, and at once: the pay itself finds the hold expired.
+    clock.advance(Duration::from_millis((expires + 1 - clock.now().0) as u64));
     assert_error(&c.pay(&rid(&a), "u1").await, 409, "expired");
     assert_eq!(get_reservation(c, &rid(&a)).await.body["state"], "expired");
     assert_counts(c, "late", (2, 0, 0)).await;
@@ -685,9 +706,9 @@ async fn an_expired_hold_is_back_on_sale_within_2s_and_resold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_demand_outlasts_supply_expired_tickets_all_sell_again() {
-    let node = TestNode::start().await;
+    let (node, clock) = node_with_clock().await;
     let c = &node.client;
-    create(c, "few", 3, json!({"hold_seconds": 1})).await;
+    create(c, "few", 3, json!({"hold_seconds": 300})).await;
     let mut holds = Vec::new();
     for u in ["a1", "a2", "a3"] {
         let a = c.reserve("few", u).await;
@@ -695,9 +716,7 @@ async fn when_demand_outlasts_supply_expired_tickets_all_sell_again() {
         holds.push((rid(&a), time_ms(&a.body["expires_at"])));
     }
     assert_error(&c.reserve("few", "b0").await, 409, "sold_out");
-    for (id, exp) in &holds {
-        wait_expired(c, id, *exp).await;
-    }
+    expire_by_clock(c, &clock, &holds).await;
     assert_counts(c, "few", (3, 0, 0)).await;
     for u in ["b1", "b2", "b3"] {
         reserved(c, "few", u).await;

@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 
 use ticketrush_core::{Event, Ledger, Reservation, ReservationId, ReservationState};
 
-use crate::embedded::JOURNAL_FILE;
-use crate::journal::{self, Format, Tail};
-use crate::orders_table;
+use ticketrush_store::embedded::JOURNAL_FILE;
+use ticketrush_store::journal::{self, Format, Tail};
+
+use crate::sqlite as orders_table;
 
 /// Where `salvage` writes the repaired journal.
 pub const SALVAGED_FILE: &str = "journal.salvaged.log";
@@ -269,7 +270,7 @@ pub fn salvage(dir: &Path, install: bool) -> Result<Salvage, String> {
     report.path = path.clone();
     if install {
         // No node may write the journal meanwhile: hold the data dir's lock, as a node does.
-        let lock = std::fs::File::create(dir.join(crate::embedded::LOCK_FILE))
+        let lock = std::fs::File::create(dir.join(ticketrush_store::embedded::LOCK_FILE))
             .map_err(|e| e.to_string())?;
         if lock.try_lock().is_err() {
             return Err(format!(
