@@ -47,7 +47,7 @@ pub async fn audit(
         }
         let mut report = audit_sale(&snap.view, &snap.reservations, rows.as_deref());
         if let Some(why) = behind {
-            report.note_violation(why);
+            report.note_violation(format!("{why} ({} s)", within.as_secs()));
         }
         if moved {
             report.note_violation(
@@ -73,7 +73,7 @@ impl OrderRows for EmbeddedRows<'_> {
             let rows = tokio::task::block_in_place(|| self.0.order_rows(sale, within))
                 .map_err(|e| OrdersError::Bad(format!("cannot read the orders table: {e}")))?;
             let behind = rows.is_none().then(|| {
-                format!("the orders table did not catch up with the journal within {within:?}")
+                "the orders table did not catch up with the journal by the end of the wait".into()
             });
             Ok(Rows { rows, behind })
         })
@@ -108,8 +108,7 @@ impl OrderRows for PostgresRows {
             let behind = match backlog {
                 Some(0) => None,
                 Some(n) => Some(format!(
-                    "the order writer is still {n} event(s) behind after {} s",
-                    within.as_secs()
+                    "the order writer is still {n} event(s) behind at the end of the wait"
                 )),
                 None => Some(
                     "no order writer has ever read this sale's events (is a node running with \

@@ -41,7 +41,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// The table (`crate::schema`) and how far into the journal it was written.
 fn schema_sql() -> String {
     format!(
-        "PRAGMA journal_mode = WAL;\nPRAGMA synchronous = NORMAL;\n{}         CREATE TABLE IF NOT EXISTS orders_progress (id integer PRIMARY KEY CHECK (id = 1),          journal_offset integer NOT NULL);\n",
+        "PRAGMA journal_mode = WAL;\nPRAGMA synchronous = NORMAL;\n{}\
+         CREATE TABLE IF NOT EXISTS orders_progress \
+         (id integer PRIMARY KEY CHECK (id = 1), journal_offset integer NOT NULL);\n",
         schema::create_table(Dialect::Sqlite)
     )
 }

@@ -143,7 +143,8 @@ pub enum Compaction {
 pub struct Options {
     pub compaction: Compaction,
     /// The orders table that follows the journal (`ticketrush_orders::SqliteOrders`); `None`:
-    /// no table (a data dir's table, if any, is then neither checked nor written).
+    /// no table (a data dir's table, if any, is then neither checked nor written, and
+    /// `Compaction::Auto` does not compact, so that its offsets keep their meaning).
     pub orders: Option<Arc<dyn JournalFollower>>,
     /// What the ledger decides by: the system clock, or a test's manual one.
     pub clock: Arc<dyn Clock>,
@@ -212,6 +213,11 @@ impl EmbeddedStore {
             orders: follower,
             clock,
         } = options;
+        // Without the table's follower a compaction could not reset the table's offsets.
+        let compaction = match (&follower, compaction) {
+            (None, Compaction::Auto) => Compaction::Never,
+            (_, c) => c,
+        };
         let io_err = |source| OpenError::Io {
             dir: dir.to_path_buf(),
             source,

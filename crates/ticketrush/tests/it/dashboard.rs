@@ -210,7 +210,9 @@ async fn the_gateway_dashboard_lists_each_node_with_its_weight_and_health() {
                 weight: 2,
             },
         ],
-        Duration::from_secs(10),
+        // Long enough that the dead node is still skipped when a slow headless browser (a
+        // loaded CI machine) finally renders the page; 10 s was not (it read `failing`).
+        Duration::from_secs(300),
     )
     .await;
     let through = Client::new(gw.addr);
