@@ -327,10 +327,20 @@ impl Follower {
                 Err(_) => {}
             }
         }
+        let conn = self.conn.take().expect("opened before following");
+        // Prepared once for the connection's life: preparing them per chunk cost about as much
+        // as writing a row (BENCHMARKS.md, issue 17).
+        let mut stmts = match Statements::prepare(&conn) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot prepare the orders table's statements");
+                return;
+            }
+        };
         loop {
             let durable = *self.durable.borrow();
             if self.offset < durable {
-                if let Err(e) = self.write_chunk(durable) {
+                if let Err(e) = self.write_chunk(&conn, &mut stmts, durable) {
                     // The table is a copy of the journal: a failure costs a retry, not a sale.
                     // Asked to stop, it stops anyway: the next open resumes from the offset
                     // committed with the last good chunk.
@@ -350,7 +360,12 @@ impl Follower {
         }
     }
 
-    fn write_chunk(&mut self, durable: u64) -> Result<(), Box<dyn std::error::Error>> {
+    fn write_chunk(
+        &mut self,
+        conn: &Connection,
+        stmts: &mut Statements<'_>,
+        durable: u64,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         // Whole blocks only: a chunk, or the one block at the offset if it is larger.
         let mut header = [0u8; journal::HEADER_BYTES];
         self.file.read_exact_at(&mut header, self.offset)?;
@@ -363,31 +378,14 @@ impl Follower {
         if good_len == 0 {
             return Err(format!("no whole block at journal offset {}", self.offset).into());
         }
-        let tx = self
-            .conn
-            .as_mut()
-            .expect("opened before following")
-            .transaction()?;
-        {
-            let mut stmts = Statements {
-                insert: tx.prepare(
-                    "INSERT OR IGNORE INTO orders VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, NULL, ?6)",
-                )?,
-                settle: tx.prepare(
-                    "UPDATE orders SET state = ?2, paid_at = ?3, updated_at = ?4 \
-                     WHERE reservation_id = ?1 AND state = 'reserved'",
-                )?,
-            };
-            for ev in &events {
-                stmts.apply(ev)?;
-            }
+        // The statements are the connection's, so the transaction is begun on a shared borrow;
+        // dropped without `commit` (an error below) it rolls back.
+        let tx = conn.unchecked_transaction()?;
+        for ev in &events {
+            stmts.apply(ev)?;
         }
         let next = self.offset + good_len;
-        tx.execute(
-            "INSERT INTO orders_progress (id, journal_offset) VALUES (1, ?1) \
-             ON CONFLICT (id) DO UPDATE SET journal_offset = excluded.journal_offset",
-            params![next as i64],
-        )?;
+        stmts.progress.execute(params![next as i64])?;
         tx.commit()?;
         self.offset = next;
         self.written.store(next, Ordering::Release);
@@ -395,12 +393,29 @@ impl Follower {
     }
 }
 
-struct Statements<'t> {
-    insert: rusqlite::Statement<'t>,
-    settle: rusqlite::Statement<'t>,
+struct Statements<'c> {
+    insert: rusqlite::Statement<'c>,
+    settle: rusqlite::Statement<'c>,
+    progress: rusqlite::Statement<'c>,
 }
 
-impl Statements<'_> {
+impl<'c> Statements<'c> {
+    fn prepare(conn: &'c Connection) -> rusqlite::Result<Statements<'c>> {
+        Ok(Statements {
+            insert: conn.prepare(
+                "INSERT OR IGNORE INTO orders VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, NULL, ?6)",
+            )?,
+            settle: conn.prepare(
+                "UPDATE orders SET state = ?2, paid_at = ?3, updated_at = ?4 \
+                 WHERE reservation_id = ?1 AND state = 'reserved'",
+            )?,
+            progress: conn.prepare(
+                "INSERT INTO orders_progress (id, journal_offset) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET journal_offset = excluded.journal_offset",
+            )?,
+        })
+    }
+
     /// A reservation's row as it was made (`reserved`); nothing if the row exists.
     fn insert_row(&mut self, r: &ticketrush_core::Reservation) -> rusqlite::Result<()> {
         self.insert.execute(params![
