@@ -350,6 +350,14 @@ impl Follower {
                     }
                     tracing::warn!(error = %e, "orders table write failed; retrying");
                     std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                // Less than a chunk left: let more gather (at most `POLL`), so that a busy
+                // sale's rows go in a few transactions a second, not one per group commit.
+                // Stopping writes the rest at once.
+                let left = self.durable.borrow().saturating_sub(self.offset);
+                if left < CHUNK_BYTES_MAX && !self.stop.load(Ordering::Acquire) {
+                    std::thread::sleep(POLL);
                 }
                 continue;
             }

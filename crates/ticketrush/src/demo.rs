@@ -221,7 +221,7 @@ fn print_sales(sales: &[SaleId], audits: &[AuditReport], tickets: u64) {
 
 /// A sale id no earlier run used: `PREFIX-` and 8 random characters.
 fn fresh_sale_id(prefix: &str) -> SaleId {
-    let r = ticketrush_server::node::new_reservation_id();
+    let r = ticketrush_server::node::new_random_id();
     SaleId::parse(&format!("{prefix}-{}", &r.as_str()[..8])).expect("a short valid id")
 }
 
@@ -239,7 +239,7 @@ impl DataDir {
                 remove_on_drop: false,
             });
         }
-        let r = ticketrush_server::node::new_reservation_id();
+        let r = ticketrush_server::node::new_random_id();
         let path = std::env::temp_dir().join(format!(
             "ticketrush-demo-{}-{}",
             std::process::id(),
@@ -428,7 +428,7 @@ async fn start_node(
     let config = NodeConfig {
         node_id: id.clone(),
         // Nobody creates sales over HTTP in the demo; a random token keeps the endpoint shut.
-        admin_token: ticketrush_server::node::new_reservation_id().to_string(),
+        admin_token: ticketrush_server::node::new_random_id().to_string(),
         batch_size_max: ticketrush_server::limits::BATCH_SIZE_DEFAULT,
         batch_wait: ticketrush_server::limits::BATCH_WAIT_DEFAULT,
         pending_max: ticketrush_server::limits::PENDING_DEFAULT,

@@ -421,7 +421,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let admin_token = admin_token(&args)?;
     let user_auth = user_auth(&args)?;
     let node_id = args.node_id.unwrap_or_else(|| {
-        let r = ticketrush_server::node::new_reservation_id();
+        let r = ticketrush_server::node::new_random_id();
         NodeId::parse(&format!("node-{}", &r.as_str()[..6])).expect("valid node id")
     });
     let config = NodeConfig {
@@ -489,7 +489,7 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
         );
         return Ok(t);
     }
-    let t = ticketrush_server::node::new_reservation_id().to_string();
+    let t = ticketrush_server::node::new_random_id().to_string();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let path = args.data_dir.join("admin-token");

@@ -126,7 +126,7 @@ pub async fn order_writer(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let consumer = args.consumer.unwrap_or_else(|| {
-        let r = ticketrush_server::node::new_reservation_id();
+        let r = ticketrush_server::node::new_random_id();
         NodeId::parse(&format!("writer-{}", &r.as_str()[..6])).expect("valid consumer name")
     });
     // Fail fast on a wrong URL or an unreachable database, then let the writer retry.
