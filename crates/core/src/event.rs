@@ -125,7 +125,7 @@ struct EventWire {
     id: Option<ReservationId>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum EventKind {
     SaleCreated,
@@ -178,21 +178,15 @@ impl<'de> Deserialize<'de> for Event {
                 reservation: need(w.reservation, "reservation")?,
                 idempotency_key: w.idempotency_key,
             },
-            EventKind::Paid => Event::Paid {
-                sale_id: need(w.sale_id, "sale_id")?,
-                id: need(w.id, "id")?,
-                at: need(w.at, "at")?,
-            },
-            EventKind::Cancelled => Event::Cancelled {
-                sale_id: need(w.sale_id, "sale_id")?,
-                id: need(w.id, "id")?,
-                at: need(w.at, "at")?,
-            },
-            EventKind::Expired => Event::Expired {
-                sale_id: need(w.sale_id, "sale_id")?,
-                id: need(w.id, "id")?,
-                at: need(w.at, "at")?,
-            },
+            kind @ (EventKind::Paid | EventKind::Cancelled | EventKind::Expired) => {
+                let sale_id = need(w.sale_id, "sale_id")?;
+                let (id, at) = (need(w.id, "id")?, need(w.at, "at")?);
+                match kind {
+                    EventKind::Paid => Event::Paid { sale_id, id, at },
+                    EventKind::Cancelled => Event::Cancelled { sale_id, id, at },
+                    _ => Event::Expired { sale_id, id, at },
+                }
+            }
         })
     }
 }

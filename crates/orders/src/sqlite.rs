@@ -65,7 +65,7 @@ impl JournalFollower for SqliteOrders {
     fn follow(&self, from: Follow) -> Result<Box<dyn Following>, FollowError> {
         OrdersTable::start(
             &from.dir,
-            &from.journal,
+            &from.dir.join(ticketrush_store::embedded::JOURNAL_FILE),
             from.data_end,
             from.converted,
             from.durable,
@@ -330,11 +330,17 @@ impl Follower {
         let conn = self.conn.take().expect("opened before following");
         // Prepared once for the connection's life: preparing them per chunk cost about as much
         // as writing a row (BENCHMARKS.md, issue 17).
-        let mut stmts = match Statements::prepare(&conn) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot prepare the orders table's statements");
-                return;
+        // A failure (a locked or full database) is retried each second, as a failed chunk is.
+        let mut stmts = loop {
+            match Statements::prepare(&conn) {
+                Ok(s) => break s,
+                Err(e) => {
+                    if self.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    tracing::warn!(error = %e, "cannot prepare the orders table's statements; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
         };
         loop {

@@ -429,7 +429,6 @@ impl EmbeddedStore {
             Some(f) => Some(
                 f.follow(Follow {
                     dir: dir.to_path_buf(),
-                    journal: path.clone(),
                     data_end,
                     converted,
                     durable: shared.durable_bytes.subscribe(),

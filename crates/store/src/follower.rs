@@ -32,10 +32,9 @@ pub trait JournalFollower: Send + Sync + 'static {
 
 /// Where a follower starts.
 pub struct Follow {
-    /// The data dir (the table lives in it).
+    /// The data dir: the table lives in it beside the journal (`embedded::JOURNAL_FILE`,
+    /// format 2).
     pub dir: PathBuf,
-    /// The journal file (format 2).
-    pub journal: PathBuf,
     /// Where the journal's history ends at open: a table written further refuses to start.
     pub data_end: u64,
     /// The journal was just rewritten from the first version's format: the table's offset

@@ -59,9 +59,7 @@ impl TestNode {
     }
 
     pub async fn start_with(config: NodeConfig) -> TestNode {
-        let dir = TempDir::new("node");
-        let (store, _) = ticketrush_orders::open_embedded(&dir.0).expect("open store");
-        Self::start_on(config, Arc::new(store), dir).await
+        Self::start_embedded(config, ticketrush_orders::embedded_options()).await
     }
 
     /// A node whose embedded store decides by `clock` (expiry, the reaper): a test moves the
@@ -70,11 +68,19 @@ impl TestNode {
         config: NodeConfig,
         clock: ticketrush_store::ManualClock,
     ) -> TestNode {
-        let dir = TempDir::new("node");
         let options = ticketrush_store::embedded::Options {
             clock: Arc::new(clock),
             ..ticketrush_orders::embedded_options()
         };
+        Self::start_embedded(config, options).await
+    }
+
+    /// A node on an embedded store of its own, opened with `options`.
+    async fn start_embedded(
+        config: NodeConfig,
+        options: ticketrush_store::embedded::Options,
+    ) -> TestNode {
+        let dir = TempDir::new("node");
         let (store, _) =
             ticketrush_store::EmbeddedStore::open(&dir.0, options).expect("open store");
         Self::start_on(config, Arc::new(store), dir).await
