@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMs;
-use crate::ids::{IdempotencyKey, NodeId, ReservationId, SaleId};
+use crate::ids::{IdempotencyKey, NodeId, QueueId, ReservationId, SaleId, UserId, WaitlistId};
+use crate::line::WaitState;
 use crate::reservation::Reservation;
 use crate::sale::SaleSpec;
 
@@ -19,6 +20,10 @@ pub type LeaseId = u32;
 
 fn is_pool(lease: &LeaseId) -> bool {
     *lease == 0
+}
+
+fn is_waiting(state: &WaitState) -> bool {
+    *state == WaitState::Waiting
 }
 
 /// Written as JSON with a `type` tag (serde's internally tagged form). Read by the
@@ -88,21 +93,54 @@ pub enum Event {
         id: ReservationId,
         at: UnixMs,
     },
+    /// A buyer joined the sale's waiting-room queue: into the pre-queue if `at` is before the
+    /// opening, else behind everyone (see `line.rs`).
+    QueueJoined {
+        sale_id: SaleId,
+        queue_id: QueueId,
+        user_id: UserId,
+        at: UnixMs,
+    },
+    /// A buyer joined the sale's waitlist (`state` absent: waiting). A compacted journal
+    /// restores every entry this way, in line order, with its state.
+    WaitlistJoined {
+        sale_id: SaleId,
+        waitlist_id: WaitlistId,
+        user_id: UserId,
+        #[serde(default, skip_serializing_if = "is_waiting")]
+        state: WaitState,
+        at: UnixMs,
+    },
+    /// A freed ticket became a reservation for the first waiting entry: one step, so the
+    /// ticket never passes through the pool.
+    WaitlistOffered {
+        waitlist_id: WaitlistId,
+        reservation: Reservation,
+    },
+    /// An entry left the line without a ticket (withdrawn, or its buyer was at the limit).
+    WaitlistWithdrawn {
+        sale_id: SaleId,
+        waitlist_id: WaitlistId,
+        at: UnixMs,
+    },
 }
 
 impl Event {
     pub fn sale_id(&self) -> &SaleId {
         match self {
             Event::SaleCreated { spec, .. } => &spec.id,
-            Event::Reserved { reservation, .. } | Event::Restored { reservation, .. } => {
-                &reservation.sale_id
-            }
+            Event::Reserved { reservation, .. }
+            | Event::Restored { reservation, .. }
+            | Event::WaitlistOffered { reservation, .. } => &reservation.sale_id,
             Event::LeaseGranted { sale_id, .. }
             | Event::LeaseRenewed { sale_id, .. }
             | Event::LeaseReturned { sale_id, .. }
             | Event::Paid { sale_id, .. }
             | Event::Cancelled { sale_id, .. }
-            | Event::Expired { sale_id, .. } => sale_id,
+            | Event::Expired { sale_id, .. }
+            | Event::QueueJoined { sale_id, .. }
+            | Event::WaitlistJoined { sale_id, .. }
+            | Event::WaitlistWithdrawn { sale_id, .. } => sale_id,
         }
     }
 }
@@ -123,6 +161,10 @@ struct EventWire {
     reservation: Option<Reservation>,
     idempotency_key: Option<IdempotencyKey>,
     id: Option<ReservationId>,
+    queue_id: Option<QueueId>,
+    waitlist_id: Option<WaitlistId>,
+    user_id: Option<UserId>,
+    state: Option<WaitState>,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -137,6 +179,10 @@ enum EventKind {
     Paid,
     Cancelled,
     Expired,
+    QueueJoined,
+    WaitlistJoined,
+    WaitlistOffered,
+    WaitlistWithdrawn,
 }
 
 impl<'de> Deserialize<'de> for Event {
@@ -187,6 +233,28 @@ impl<'de> Deserialize<'de> for Event {
                     _ => Event::Expired { sale_id, id, at },
                 }
             }
+            EventKind::QueueJoined => Event::QueueJoined {
+                sale_id: need(w.sale_id, "sale_id")?,
+                queue_id: need(w.queue_id, "queue_id")?,
+                user_id: need(w.user_id, "user_id")?,
+                at: need(w.at, "at")?,
+            },
+            EventKind::WaitlistJoined => Event::WaitlistJoined {
+                sale_id: need(w.sale_id, "sale_id")?,
+                waitlist_id: need(w.waitlist_id, "waitlist_id")?,
+                user_id: need(w.user_id, "user_id")?,
+                state: w.state.unwrap_or(WaitState::Waiting),
+                at: need(w.at, "at")?,
+            },
+            EventKind::WaitlistOffered => Event::WaitlistOffered {
+                waitlist_id: need(w.waitlist_id, "waitlist_id")?,
+                reservation: need(w.reservation, "reservation")?,
+            },
+            EventKind::WaitlistWithdrawn => Event::WaitlistWithdrawn {
+                sale_id: need(w.sale_id, "sale_id")?,
+                waitlist_id: need(w.waitlist_id, "waitlist_id")?,
+                at: need(w.at, "at")?,
+            },
         })
     }
 }
@@ -276,9 +344,38 @@ mod tests {
                 at: UnixMs(5),
             },
             Event::Expired {
-                sale_id: sale,
+                sale_id: sale.clone(),
                 id,
                 at: UnixMs(6),
+            },
+            Event::QueueJoined {
+                sale_id: sale.clone(),
+                queue_id: QueueId::parse("q1").unwrap(),
+                user_id: crate::UserId::parse("u").unwrap(),
+                at: UnixMs(7),
+            },
+            Event::WaitlistJoined {
+                sale_id: sale.clone(),
+                waitlist_id: WaitlistId::parse("w1").unwrap(),
+                user_id: crate::UserId::parse("u").unwrap(),
+                state: WaitState::Waiting,
+                at: UnixMs(8),
+            },
+            Event::WaitlistJoined {
+                sale_id: sale.clone(),
+                waitlist_id: WaitlistId::parse("w2").unwrap(),
+                user_id: crate::UserId::parse("u").unwrap(),
+                state: WaitState::Offered,
+                at: UnixMs(8),
+            },
+            Event::WaitlistOffered {
+                waitlist_id: WaitlistId::parse("w1").unwrap(),
+                reservation: reservation(),
+            },
+            Event::WaitlistWithdrawn {
+                sale_id: sale,
+                waitlist_id: WaitlistId::parse("w2").unwrap(),
+                at: UnixMs(9),
             },
         ];
         for ev in events {

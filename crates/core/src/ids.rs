@@ -105,6 +105,19 @@ id_type!(
     NodeId,
     "node id"
 );
+id_type!(
+    /// A place in a sale's waiting-room queue. Made by the node from 128 random bits: it is
+    /// what a buyer polls with, so it cannot be guessed, and the pre-queue's order at the
+    /// opening is the order of these ids (they are random, so the order is a fair shuffle).
+    QueueId,
+    "queue_id"
+);
+id_type!(
+    /// A place on a sale's waitlist. Made by the node from 128 random bits; the reservation a
+    /// freed ticket becomes for it is `WAITLIST_ID.SALE_ID` (one offer per place).
+    WaitlistId,
+    "waitlist_id"
+);
 
 /// An opaque reservation id. Made by the node from at least 96 random bits (ours: 128), so it
 /// cannot be guessed; parsing only bounds its length and alphabet, since the store is the judge

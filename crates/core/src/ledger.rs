@@ -17,7 +17,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::UnixMs;
 use crate::event::{Event, LeaseId};
-use crate::ids::{IdempotencyKey, ReservationId, SaleId, UserId};
+use crate::ids::{IdempotencyKey, QueueId, ReservationId, SaleId, UserId, WaitlistId};
+use crate::line::{
+    Queue, QueueEntry, WaitState, Waitlist, WaitlistEntry, QUEUE_ENTRIES_MAX, WAITLIST_ENTRIES_MAX,
+};
 use crate::reservation::{Reservation, ReservationState};
 use crate::sale::{SaleSpec, SaleView};
 
@@ -44,6 +47,16 @@ pub enum LedgerError {
     Cancelled,
     #[error("the reservation is already paid")]
     AlreadyPaid,
+    #[error("this sale has no waiting room")]
+    NoQueue,
+    #[error("tickets of this sale are still available: reserve one instead")]
+    NotSoldOut,
+    #[error("this user already holds as many tickets of this sale as it allows")]
+    LimitReached,
+    #[error("the line is full")]
+    LineFull,
+    #[error("no waitlist entry has this id")]
+    WaitlistNotFound,
 }
 
 /// One reservation request inside a batch. The node makes the id.
@@ -87,6 +100,8 @@ struct Book {
     idempotency: HashMap<(UserId, IdempotencyKey), ReservationId>,
     /// Deadlines of `reserved` reservations, earliest first: the reaper's index.
     due: BTreeSet<(UnixMs, ReservationId)>,
+    queue: Queue,
+    waitlist: Waitlist,
 }
 
 impl Book {
@@ -307,12 +322,13 @@ impl Ledger {
         }
         self.record(
             Event::Cancelled {
-                sale_id,
+                sale_id: sale_id.clone(),
                 id: id.clone(),
                 at: now,
             },
             out,
         );
+        self.offer_freed(&sale_id, now, out);
         Ok(self.reservations[id].clone())
     }
 
@@ -363,8 +379,214 @@ impl Ledger {
                 closed: true,
             };
             self.record(ev, out);
+            // No timestamp in a legacy return; the offer's hold runs from the lease's end.
+            if let Some(now) = out.iter().rev().find_map(event_time) {
+                self.offer_freed(sale_id, now, out);
+            }
         }
         lapsed.len()
+    }
+
+    // ----- the lines: waiting-room queue and waitlist -----
+
+    /// Puts a user in the sale's waiting-room queue (`true`: a new entry), or answers the
+    /// user's entry if it still counts: not yet admitted, or admitted and its window open. A
+    /// user whose admission lapsed joins again at the back.
+    pub fn queue_join(
+        &mut self,
+        sale_id: &SaleId,
+        queue_id: QueueId,
+        user_id: UserId,
+        now: UnixMs,
+        out: &mut Vec<Event>,
+    ) -> Result<(QueueEntry, bool), LedgerError> {
+        let book = self.books.get(sale_id).ok_or(LedgerError::SaleNotFound)?;
+        let spec = book.spec.queue.clone().ok_or(LedgerError::NoQueue)?;
+        let opens_at = book.spec.opens_at;
+        if let Some(existing) = self.queue_entry_of_user(sale_id, &user_id, now) {
+            let lapsed = existing.rank.is_some_and(|r| spec.lapsed(opens_at, r, now));
+            if !lapsed {
+                return Ok((existing, false));
+            }
+        }
+        let book = &self.books[sale_id];
+        if book.queue.len() >= QUEUE_ENTRIES_MAX {
+            return Err(LedgerError::LineFull);
+        }
+        debug_assert!(!book.queue.contains(&queue_id), "queue id reused");
+        self.record(
+            Event::QueueJoined {
+                sale_id: sale_id.clone(),
+                queue_id: queue_id.clone(),
+                user_id,
+                at: now,
+            },
+            out,
+        );
+        let entry = self
+            .queue_entry(sale_id, &queue_id, now)?
+            .expect("the entry just joined");
+        Ok((entry, true))
+    }
+
+    fn queue_entry_of_user(
+        &mut self,
+        sale_id: &SaleId,
+        user_id: &UserId,
+        now: UnixMs,
+    ) -> Option<QueueEntry> {
+        let id = self.books.get(sale_id)?.queue.of_user(user_id)?.clone();
+        self.queue_entry(sale_id, &id, now).ok().flatten()
+    }
+
+    /// A queue entry with its place in line (once the sale has opened at `now`: the first
+    /// question after the opening draws the pre-queue's order).
+    pub fn queue_entry(
+        &mut self,
+        sale_id: &SaleId,
+        queue_id: &QueueId,
+        now: UnixMs,
+    ) -> Result<Option<QueueEntry>, LedgerError> {
+        let book = self
+            .books
+            .get_mut(sale_id)
+            .ok_or(LedgerError::SaleNotFound)?;
+        let opened = now >= book.spec.opens_at;
+        if opened {
+            book.queue.draw();
+        }
+        Ok(book.queue.entry(queue_id, opened))
+    }
+
+    /// Puts a user on a sold-out sale's waitlist (`true`: a new entry), or answers the user's
+    /// entry if it is still waiting.
+    pub fn waitlist_join(
+        &mut self,
+        sale_id: &SaleId,
+        waitlist_id: WaitlistId,
+        user_id: UserId,
+        now: UnixMs,
+        out: &mut Vec<Event>,
+    ) -> Result<(WaitlistEntry, bool), LedgerError> {
+        let book = self.books.get(sale_id).ok_or(LedgerError::SaleNotFound)?;
+        if let Some(e) = book
+            .waitlist
+            .of_user(&user_id)
+            .and_then(|id| book.waitlist.entry(id))
+        {
+            if e.state == WaitState::Waiting {
+                return Ok((e, false));
+            }
+        }
+        if book.pool + book.leased > 0 {
+            return Err(LedgerError::NotSoldOut);
+        }
+        if book.active.get(&user_id).copied().unwrap_or(0) >= book.spec.per_user_limit {
+            return Err(LedgerError::LimitReached);
+        }
+        if book.waitlist.len() >= WAITLIST_ENTRIES_MAX {
+            return Err(LedgerError::LineFull);
+        }
+        debug_assert!(!book.waitlist.contains(&waitlist_id), "waitlist id reused");
+        self.record(
+            Event::WaitlistJoined {
+                sale_id: sale_id.clone(),
+                waitlist_id: waitlist_id.clone(),
+                user_id,
+                state: WaitState::Waiting,
+                at: now,
+            },
+            out,
+        );
+        let e = self.books[sale_id]
+            .waitlist
+            .entry(&waitlist_id)
+            .expect("the entry just joined");
+        Ok((e, true))
+    }
+
+    pub fn waitlist_entry(
+        &self,
+        sale_id: &SaleId,
+        waitlist_id: &WaitlistId,
+    ) -> Result<Option<WaitlistEntry>, LedgerError> {
+        let book = self.books.get(sale_id).ok_or(LedgerError::SaleNotFound)?;
+        Ok(book.waitlist.entry(waitlist_id))
+    }
+
+    /// The user leaves the waitlist. Withdrawing again changes nothing; an entry already
+    /// offered keeps its reservation (cancel that instead).
+    pub fn waitlist_withdraw(
+        &mut self,
+        sale_id: &SaleId,
+        waitlist_id: &WaitlistId,
+        user_id: &UserId,
+        now: UnixMs,
+        out: &mut Vec<Event>,
+    ) -> Result<WaitlistEntry, LedgerError> {
+        let e = self
+            .waitlist_entry(sale_id, waitlist_id)?
+            .ok_or(LedgerError::WaitlistNotFound)?;
+        if &e.user_id != user_id {
+            return Err(LedgerError::Forbidden);
+        }
+        if e.state != WaitState::Waiting {
+            return Ok(e);
+        }
+        self.record(
+            Event::WaitlistWithdrawn {
+                sale_id: sale_id.clone(),
+                waitlist_id: waitlist_id.clone(),
+                at: now,
+            },
+            out,
+        );
+        Ok(self.books[sale_id]
+            .waitlist
+            .entry(waitlist_id)
+            .expect("the entry exists"))
+    }
+
+    /// Tickets in the pool go to the waitlist, first waiting entry first, each as a hold in
+    /// that buyer's name; a buyer already at the limit is taken out of line instead. Called in
+    /// the same step as every change that frees a ticket, so a freed ticket never sits in the
+    /// pool while someone waits.
+    fn offer_freed(&mut self, sale_id: &SaleId, now: UnixMs, out: &mut Vec<Event>) {
+        loop {
+            let Some(book) = self.books.get(sale_id) else {
+                return;
+            };
+            if book.pool == 0 {
+                return;
+            }
+            let Some((wid, user)) = book.waitlist.head() else {
+                return;
+            };
+            let (wid, user) = (wid.clone(), user.clone());
+            let at_limit = book.active.get(&user).copied().unwrap_or(0) >= book.spec.per_user_limit;
+            let ev = if at_limit {
+                Event::WaitlistWithdrawn {
+                    sale_id: sale_id.clone(),
+                    waitlist_id: wid,
+                    at: now,
+                }
+            } else {
+                Event::WaitlistOffered {
+                    reservation: Reservation {
+                        id: offer_id(&wid, sale_id),
+                        sale_id: sale_id.clone(),
+                        user_id: user,
+                        state: ReservationState::Reserved,
+                        created_at: now,
+                        expires_at: now.plus_ms(book.spec.hold_ms()),
+                        paid_at: None,
+                        updated_at: now,
+                    },
+                    waitlist_id: wid,
+                }
+            };
+            self.record(ev, out);
+        }
     }
 
     // ----- helpers -----
@@ -397,6 +619,7 @@ impl Ledger {
             at: now,
         };
         self.record(ev, out);
+        self.offer_freed(sale_id, now, out);
     }
 
     /// Applies an event the ledger itself just decided, and keeps it for the caller.
@@ -494,6 +717,61 @@ impl Ledger {
             }
             Event::Expired { id, at, .. } => {
                 self.release_hold(id, *at, ReservationState::Expired)?
+            }
+            Event::QueueJoined {
+                sale_id,
+                queue_id,
+                user_id,
+                at,
+            } => {
+                let book = self.books.get_mut(sale_id).ok_or_else(|| err("no sale"))?;
+                if book.spec.queue.is_none() || book.queue.contains(queue_id) {
+                    return Err(err("queue entry exists or the sale has no queue"));
+                }
+                let pre = *at < book.spec.opens_at;
+                book.queue.join(queue_id.clone(), user_id.clone(), pre);
+            }
+            Event::WaitlistJoined {
+                sale_id,
+                waitlist_id,
+                user_id,
+                state,
+                ..
+            } => {
+                let book = self.books.get_mut(sale_id).ok_or_else(|| err("no sale"))?;
+                if book.waitlist.contains(waitlist_id) {
+                    return Err(err("waitlist entry exists"));
+                }
+                book.waitlist
+                    .push(waitlist_id.clone(), user_id.clone(), *state);
+            }
+            Event::WaitlistOffered {
+                waitlist_id,
+                reservation: r,
+            } => {
+                let book = self.books.get(&r.sale_id).ok_or_else(|| err("no sale"))?;
+                let fits = book
+                    .waitlist
+                    .head()
+                    .is_some_and(|(head, user)| head == waitlist_id && user == &r.user_id)
+                    && r.id == offer_id(waitlist_id, &r.sale_id)
+                    && r.state == ReservationState::Reserved;
+                if !fits {
+                    return Err(err("the offer is not for the waitlist's first entry"));
+                }
+                self.insert_reservation(r, None, 0)?;
+                let book = self.books.get_mut(&r.sale_id).expect("checked above");
+                book.waitlist.settle(waitlist_id, WaitState::Offered);
+            }
+            Event::WaitlistWithdrawn {
+                sale_id,
+                waitlist_id,
+                ..
+            } => {
+                let book = self.books.get_mut(sale_id).ok_or_else(|| err("no sale"))?;
+                if !book.waitlist.settle(waitlist_id, WaitState::Withdrawn) {
+                    return Err(err("the waitlist entry is not waiting"));
+                }
             }
         }
         Ok(())
@@ -618,12 +896,44 @@ impl Ledger {
             reservation: r.clone(),
             idempotency_key: keys.get(&r.id).map(|k| (*k).clone()),
         }));
+        // The lines, in their order; the queue's pre-queue entries are marked by a time before
+        // the opening, later arrivals by the opening itself (their order is the events').
+        for b in &books {
+            let sale_id = &b.spec.id;
+            for (queue_id, user_id, pre) in b.queue.joins() {
+                let at = if pre {
+                    b.spec.opens_at.plus_ms(-1)
+                } else {
+                    b.spec.opens_at
+                };
+                out.push(Event::QueueJoined {
+                    sale_id: sale_id.clone(),
+                    queue_id,
+                    user_id,
+                    at,
+                });
+            }
+            for (waitlist_id, user_id, state) in b.waitlist.entries() {
+                out.push(Event::WaitlistJoined {
+                    sale_id: sale_id.clone(),
+                    waitlist_id,
+                    user_id,
+                    state,
+                    at: b.spec.opens_at,
+                });
+            }
+        }
         out
     }
 
     /// Sales and reservations held: what a compacted journal's record count would be.
     pub fn records(&self) -> usize {
-        self.books.len() + self.reservations.len()
+        let lines: u64 = self
+            .books
+            .values()
+            .map(|b| b.queue.len() + b.waitlist.len())
+            .sum();
+        self.books.len() + self.reservations.len() + lines as usize
     }
 
     /// Checks the accounting of every sale; used by tests and by the embedded store after replay.
@@ -688,6 +998,13 @@ impl Ledger {
             if s.active.len() != b.active.len() {
                 return Err(format!("{id}: active map has stale users"));
             }
+            if b.pool > 0 && b.waitlist.waiting() > 0 {
+                return Err(format!(
+                    "{id}: {} tickets in the pool while {} buyers wait for one",
+                    b.pool,
+                    b.waitlist.waiting()
+                ));
+            }
         }
         Ok(())
     }
@@ -704,7 +1021,24 @@ fn new_book(spec: SaleSpec) -> Book {
         active: HashMap::new(),
         idempotency: HashMap::new(),
         due: BTreeSet::new(),
+        queue: Queue::default(),
+        waitlist: Waitlist::default(),
     }
+}
+
+fn event_time(ev: &Event) -> Option<UnixMs> {
+    match ev {
+        Event::Paid { at, .. } | Event::Cancelled { at, .. } | Event::Expired { at, .. } => {
+            Some(*at)
+        }
+        _ => None,
+    }
+}
+
+/// The reservation a waitlist entry's offer becomes: `WAITLIST_ID.SALE_ID`, one per entry.
+pub fn offer_id(waitlist_id: &WaitlistId, sale_id: &SaleId) -> ReservationId {
+    ReservationId::parse(&format!("{waitlist_id}.{sale_id}"))
+        .expect("a waitlist id and a sale id make a reservation id")
 }
 
 #[cfg(test)]
@@ -1433,5 +1767,203 @@ mod tests {
             assert!(f.l.apply(&ev).is_err(), "applied {ev:?}");
         }
         f.l.check_invariants().unwrap();
+    }
+
+    fn qid(s: &str) -> QueueId {
+        QueueId::parse(s).unwrap()
+    }
+    fn wid(s: &str) -> WaitlistId {
+        WaitlistId::parse(s).unwrap()
+    }
+
+    fn rebuilt(l: &Ledger) -> Ledger {
+        let mut again = Ledger::new();
+        for e in l.snapshot_events() {
+            again.apply(&e).unwrap();
+        }
+        again.check_invariants().unwrap();
+        again
+    }
+
+    #[test]
+    fn the_queue_shuffles_the_pre_queue_and_appends_later_arrivals() {
+        let mut l = Ledger::new();
+        let mut ev = Vec::new();
+        let spec = SaleSpec::new(sid(), None, 10, None, Some(2), T0)
+            .unwrap()
+            .with_queue(2, "secret".into())
+            .unwrap();
+        l.create_sale(spec, at(-10_000), &mut ev).unwrap();
+        // Before the opening: no place yet; the same user again gets the same entry.
+        for (id, who) in [("qm", "a"), ("qc", "b"), ("qx", "c")] {
+            let (e, new) = l
+                .queue_join(&sid(), qid(id), user(who), at(-5_000), &mut ev)
+                .unwrap();
+            assert!(new);
+            assert_eq!(e.rank, None);
+        }
+        let (again, new) = l
+            .queue_join(&sid(), qid("qz"), user("a"), at(-4_000), &mut ev)
+            .unwrap();
+        assert!(!new);
+        assert_eq!(again.queue_id, qid("qm"));
+        // After it: the pre-queue in id order, later arrivals behind.
+        let (d, _) = l
+            .queue_join(&sid(), qid("qa"), user("d"), at(1), &mut ev)
+            .unwrap();
+        assert_eq!(d.rank, Some(4));
+        let rank = |l: &mut Ledger, id| {
+            l.queue_entry(&sid(), &qid(id), at(2))
+                .unwrap()
+                .unwrap()
+                .rank
+        };
+        assert_eq!(
+            [rank(&mut l, "qc"), rank(&mut l, "qm"), rank(&mut l, "qx")],
+            [Some(1), Some(2), Some(3)]
+        );
+        // Replay and a compacted journal rebuild the same places.
+        let mut replayed = Ledger::new();
+        for e in &ev {
+            replayed.apply(e).unwrap();
+        }
+        let mut compacted = rebuilt(&l);
+        for id in ["qc", "qm", "qx", "qa"] {
+            let want = rank(&mut l, id);
+            assert_eq!(rank(&mut replayed, id), want);
+            assert_eq!(rank(&mut compacted, id), want);
+        }
+        // A lapsed admission: joining again goes to the back.
+        let late = at(crate::sale::ADMISSION_WINDOW_MS + 10_000);
+        let (e, new) = l
+            .queue_join(&sid(), qid("qn"), user("b"), late, &mut ev)
+            .unwrap();
+        assert!(new);
+        assert_eq!(e.rank, Some(5));
+        // A sale without a queue has none.
+        let mut f = setup(1, 1);
+        assert_eq!(
+            f.l.queue_join(&sid(), qid("q1"), user("a"), T0, &mut f.ev)
+                .unwrap_err(),
+            LedgerError::NoQueue
+        );
+    }
+
+    #[test]
+    fn freed_tickets_go_to_the_waitlist_in_order_never_to_the_pool() {
+        let mut f = setup(2, 1);
+        f.take("r1", "a");
+        assert_eq!(
+            f.l.waitlist_join(&sid(), wid("w0"), user("x"), T0, &mut f.ev)
+                .unwrap_err(),
+            LedgerError::NotSoldOut
+        );
+        f.take("r2", "b");
+        assert_eq!(
+            f.l.waitlist_join(&sid(), wid("w0"), user("a"), T0, &mut f.ev)
+                .unwrap_err(),
+            LedgerError::LimitReached,
+            "a user at the limit cannot wait for more"
+        );
+        for (id, who) in [("w1", "c"), ("w2", "d"), ("w3", "e")] {
+            let (e, new) =
+                f.l.waitlist_join(&sid(), wid(id), user(who), T0, &mut f.ev)
+                    .unwrap();
+            assert!(new);
+            assert_eq!(e.state, WaitState::Waiting);
+        }
+        let (same, new) =
+            f.l.waitlist_join(&sid(), wid("w9"), user("d"), T0, &mut f.ev)
+                .unwrap();
+        assert!(!new);
+        assert_eq!((same.waitlist_id, same.position), (wid("w2"), Some(2)));
+        // A cancel: the ticket becomes c's hold in the same step.
+        let n = f.events_of(|f| {
+            f.cancel("r1", "a", at(100)).unwrap();
+        });
+        assert_eq!(n, 2);
+        assert_eq!(f.counts(), (0, 2, 0));
+        let offered =
+            f.l.reservation(&offer_id(&wid("w1"), &sid()))
+                .unwrap()
+                .clone();
+        assert_eq!(
+            (offered.user_id.as_str(), offered.state),
+            ("c", ReservationState::Reserved)
+        );
+        assert_eq!(offered.expires_at, at(100 + HOLD_MS));
+        let pos = |f: &Fx, id| f.l.waitlist_entry(&sid(), &wid(id)).unwrap().unwrap();
+        assert_eq!(pos(&f, "w1").state, WaitState::Offered);
+        assert_eq!(pos(&f, "w2").position, Some(1));
+        // An expiry: d's turn. e still waits.
+        f.events_of(|f| {
+            f.l.expire_due(at(HOLD_MS), 10, &mut f.ev);
+        });
+        assert_eq!(pos(&f, "w2").state, WaitState::Offered);
+        assert_eq!(
+            (pos(&f, "w3").state, pos(&f, "w3").position),
+            (WaitState::Waiting, Some(1))
+        );
+        assert_eq!(f.counts(), (0, 2, 0));
+        // e withdraws; then a freed ticket goes back to the pool.
+        let w =
+            f.l.waitlist_withdraw(&sid(), &wid("w3"), &user("e"), at(5), &mut f.ev)
+                .unwrap();
+        assert_eq!(w.state, WaitState::Withdrawn);
+        assert_eq!(
+            f.l.waitlist_withdraw(&sid(), &wid("w3"), &user("x"), at(5), &mut f.ev)
+                .unwrap_err(),
+            LedgerError::Forbidden
+        );
+        let cid = offer_id(&wid("w1"), &sid());
+        f.l.cancel(&cid, &user("c"), at(200), &mut f.ev).unwrap();
+        assert_eq!(f.counts(), (1, 1, 0));
+        f.l.check_invariants().unwrap();
+        // Replay and a compacted journal agree.
+        let mut replayed = Ledger::new();
+        for e in &f.ev {
+            replayed.apply(e).unwrap();
+        }
+        replayed.check_invariants().unwrap();
+        let compacted = rebuilt(&f.l);
+        for l in [&replayed, &compacted] {
+            assert_eq!(snapshot(l), snapshot(&f.l));
+            for id in ["w1", "w2", "w3"] {
+                assert_eq!(
+                    l.waitlist_entry(&sid(), &wid(id)),
+                    f.l.waitlist_entry(&sid(), &wid(id))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_offer_must_go_to_the_head_of_the_line() {
+        let mut f = setup(1, 1);
+        f.take("r1", "a");
+        f.l.waitlist_join(&sid(), wid("w1"), user("c"), T0, &mut f.ev)
+            .unwrap();
+        f.l.waitlist_join(&sid(), wid("w2"), user("d"), T0, &mut f.ev)
+            .unwrap();
+        f.cancel("r1", "a", at(1)).unwrap();
+        let mut l = Ledger::new();
+        let mut skipped = false;
+        for e in &f.ev {
+            // Replace the offer to w1 by one to w2: it does not apply.
+            if let Event::WaitlistOffered { reservation, .. } = e {
+                let forged = Event::WaitlistOffered {
+                    waitlist_id: wid("w2"),
+                    reservation: Reservation {
+                        id: offer_id(&wid("w2"), &sid()),
+                        user_id: user("d"),
+                        ..reservation.clone()
+                    },
+                };
+                assert!(l.apply(&forged).is_err());
+                skipped = true;
+            }
+            l.apply(e).unwrap();
+        }
+        assert!(skipped);
     }
 }

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod event;
 pub mod ids;
 pub mod ledger;
+pub mod line;
 pub mod reservation;
 pub mod sale;
 pub mod sold_out;
@@ -16,8 +17,11 @@ pub mod sold_out;
 pub use audit::{audit_sale, AuditReport};
 pub use clock::{TimeError, UnixMs};
 pub use event::{Event, LeaseId};
-pub use ids::{IdError, IdempotencyKey, NodeId, ReservationId, SaleId, UserId};
+pub use ids::{
+    IdError, IdempotencyKey, NodeId, QueueId, ReservationId, SaleId, UserId, WaitlistId,
+};
 pub use ledger::{ApplyError, Ledger, LedgerError, ReserveItem, ReserveOutcome};
+pub use line::{QueueEntry, WaitState, WaitlistEntry};
 pub use reservation::{Reservation, ReservationState};
-pub use sale::{SaleSpec, SaleSpecError, SaleView};
+pub use sale::{QueueSpec, SaleSpec, SaleSpecError, SaleView};
 pub use sold_out::{Admit, SoldOutGate};

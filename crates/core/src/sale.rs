@@ -16,6 +16,56 @@ pub const HOLD_SECONDS_DEFAULT: u32 = 900;
 pub const PER_USER_LIMIT_MAX: u32 = 1_000;
 /// Longest sale `name`, in characters.
 pub const SALE_NAME_LEN_MAX: usize = 256;
+/// Most buyers a waiting room admits per second (docs/API.md: 1–100,000).
+pub const ADMIT_PER_SECOND_MAX: u32 = 100_000;
+/// How long an admission lasts: a buyer admitted at time t may reserve until t + this. After
+/// it, joining again puts the buyer at the back of the line (docs/API.md).
+pub const ADMISSION_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// A sale's waiting room: buyers join a queue, are put in line (the pre-queue shuffled at the
+/// opening) and admitted at `admit_per_second`, in line order. `secret` signs the admission
+/// tokens, so every node verifies one without asking a store; it is made when the sale is
+/// created, kept with the spec, and never shown by the API.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    pub admit_per_second: u32,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for QueueSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueSpec")
+            .field("admit_per_second", &self.admit_per_second)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueSpec {
+    /// How many places of the line are admitted at `now`: none before the opening, the first
+    /// at the opening instant, then one more every `1000 / admit_per_second` ms.
+    pub fn admitted_through(&self, opens_at: UnixMs, now: UnixMs) -> u64 {
+        if now < opens_at {
+            return 0;
+        }
+        let elapsed = (now.0 - opens_at.0) as u128;
+        (elapsed * u128::from(self.admit_per_second) / 1000 + 1).min(u128::from(u64::MAX)) as u64
+    }
+
+    /// When place `rank` (from 1) is admitted: the first instant `admitted_through` reaches it.
+    pub fn admitted_at(&self, opens_at: UnixMs, rank: u64) -> UnixMs {
+        let before = u128::from(rank.saturating_sub(1)) * 1000;
+        let rate = u128::from(self.admit_per_second);
+        let ms = before.div_ceil(rate).min(i64::MAX as u128 / 2) as i64;
+        opens_at.plus_ms(ms)
+    }
+
+    /// Whether an admission of place `rank` has lapsed at `now` (its window is over).
+    pub fn lapsed(&self, opens_at: UnixMs, rank: u64, now: UnixMs) -> bool {
+        self.admitted_at(opens_at, rank)
+            .plus_ms(ADMISSION_WINDOW_MS)
+            <= now
+    }
+}
 
 /// A validated sale definition. Immutable once created, which is what lets nodes cache it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +76,9 @@ pub struct SaleSpec {
     pub per_user_limit: u32,
     pub hold_seconds: u32,
     pub opens_at: UnixMs,
+    /// The sale's waiting room, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSpec>,
 }
 
 /// Why a sale definition was refused; shown to the admin as is.
@@ -39,6 +92,8 @@ pub enum SaleSpecError {
     HoldSeconds,
     #[error("name must be at most {SALE_NAME_LEN_MAX} characters without control characters")]
     Name,
+    #[error("queue.admit_per_second must be between 1 and {ADMIT_PER_SECOND_MAX}")]
+    AdmitPerSecond,
 }
 
 impl SaleSpec {
@@ -73,7 +128,25 @@ impl SaleSpec {
             per_user_limit,
             hold_seconds,
             opens_at,
+            queue: None,
         })
+    }
+
+    /// The same sale with a waiting room admitting `admit_per_second` buyers a second, its
+    /// tokens signed with `secret` (made by the caller: core reads no random source).
+    pub fn with_queue(
+        mut self,
+        admit_per_second: u32,
+        secret: String,
+    ) -> Result<SaleSpec, SaleSpecError> {
+        if !(1..=ADMIT_PER_SECOND_MAX).contains(&admit_per_second) {
+            return Err(SaleSpecError::AdmitPerSecond);
+        }
+        self.queue = Some(QueueSpec {
+            admit_per_second,
+            secret,
+        });
+        Ok(self)
     }
 
     pub fn hold_ms(&self) -> i64 {
@@ -121,5 +194,43 @@ mod tests {
         assert_eq!(new(1, None, Some(86_401)), Err(SaleSpecError::HoldSeconds));
         let bad_name = SaleSpec::new(id(), Some("a\nb".into()), 1, None, None, UnixMs(0));
         assert_eq!(bad_name, Err(SaleSpecError::Name));
+        let s = new(1, None, None).unwrap();
+        assert_eq!(
+            s.clone().with_queue(0, "k".into()),
+            Err(SaleSpecError::AdmitPerSecond)
+        );
+        assert_eq!(
+            s.clone().with_queue(ADMIT_PER_SECOND_MAX + 1, "k".into()),
+            Err(SaleSpecError::AdmitPerSecond)
+        );
+        assert!(s.with_queue(ADMIT_PER_SECOND_MAX, "k".into()).is_ok());
+    }
+
+    /// Place r is admitted exactly when `admitted_through` first reaches r, at every rate.
+    #[test]
+    fn admission_times_agree_with_the_admitted_count() {
+        let opens = UnixMs(1_000_000);
+        for rate in [1, 2, 3, 7, 1000, 100_000] {
+            let q = QueueSpec {
+                admit_per_second: rate,
+                secret: String::new(),
+            };
+            assert_eq!(q.admitted_through(opens, UnixMs(opens.0 - 1)), 0);
+            assert_eq!(q.admitted_through(opens, opens), 1);
+            for rank in [1u64, 2, 3, 10, 999, 12_345] {
+                let at = q.admitted_at(opens, rank);
+                assert!(
+                    q.admitted_through(opens, at) >= rank,
+                    "rate {rate} rank {rank}"
+                );
+                assert!(
+                    q.admitted_through(opens, UnixMs(at.0 - 1)) < rank,
+                    "rate {rate} rank {rank}"
+                );
+            }
+            // Over ten seconds, the rate is held.
+            let n = q.admitted_through(opens, opens.plus_ms(10_000));
+            assert_eq!(n, u64::from(rate) * 10 + 1);
+        }
     }
 }
