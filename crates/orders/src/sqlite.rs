@@ -447,7 +447,8 @@ impl<'c> Statements<'c> {
     /// before any event that settles it.
     fn apply(&mut self, ev: &Event) -> rusqlite::Result<()> {
         let (id, state, at) = match ev {
-            Event::Reserved { reservation: r, .. } => return self.insert_row(r),
+            Event::Reserved { reservation: r, .. }
+            | Event::WaitlistOffered { reservation: r, .. } => return self.insert_row(r),
             // A compacted journal's record: the row as it stands (inserted if missing, then
             // moved forward to its state as any settle is).
             Event::Restored { reservation: r, .. } => {

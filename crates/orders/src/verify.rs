@@ -91,7 +91,9 @@ fn states_in(events: &[Event]) -> HashMap<ReservationId, ReservationState> {
     let mut m = HashMap::new();
     for e in events {
         let (id, st) = match e {
-            Event::Reserved { reservation, .. } => (&reservation.id, ReservationState::Reserved),
+            Event::Reserved { reservation, .. } | Event::WaitlistOffered { reservation, .. } => {
+                (&reservation.id, ReservationState::Reserved)
+            }
             Event::Restored { reservation, .. } => (&reservation.id, reservation.state),
             Event::Paid { id, .. } => (id, ReservationState::Paid),
             Event::Cancelled { id, .. } => (id, ReservationState::Cancelled),

@@ -214,6 +214,10 @@ pub mod whole {
         number(d, u64::MAX)
     }
 
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        number(d, u64::from(u32::MAX)).map(|v| v as u32)
+    }
+
     /// `null` is as good as absent.
     pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         Option::<serde_json::Number>::deserialize(d)?

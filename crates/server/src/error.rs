@@ -101,6 +101,23 @@ impl ApiError {
             "this user already holds as many tickets of this sale as it allows",
         )
     }
+    pub fn not_admitted(message: &'static str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "not_admitted", message)
+    }
+    pub fn queue_entry_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "queue_entry_not_found",
+            "no queue entry of this sale has this id",
+        )
+    }
+    pub fn waitlist_entry_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "waitlist_entry_not_found",
+            "no waitlist entry of this sale has this id",
+        )
+    }
     pub fn not_open() -> Self {
         Self::new(
             StatusCode::CONFLICT,
@@ -157,6 +174,19 @@ impl From<LedgerError> for ApiError {
             LedgerError::Expired => conflict("expired", "the reservation's hold has expired"),
             LedgerError::Cancelled => conflict("cancelled", "the reservation was cancelled"),
             LedgerError::AlreadyPaid => conflict("already_paid", "the reservation is already paid"),
+            LedgerError::NoQueue => conflict(
+                "no_queue",
+                "this sale has no waiting room: reserve directly",
+            ),
+            LedgerError::NotSoldOut => conflict(
+                "not_sold_out",
+                "tickets of this sale are still available: reserve one instead",
+            ),
+            LedgerError::LimitReached => ApiError::limit_reached(),
+            LedgerError::LineFull => {
+                conflict("line_full", "this line holds as many buyers as it allows")
+            }
+            LedgerError::WaitlistNotFound => ApiError::waitlist_entry_not_found(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! completes. Underneath, [`start`] wires the node and its background tasks and
 //! [`http::serve`] runs the router on a listener.
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod batcher;

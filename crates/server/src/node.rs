@@ -139,11 +139,13 @@ impl Node {
     }
 
     /// Reserves one ticket of `sale_id` for `user_id`, counting the outcome in the metrics.
+    /// A sale with a waiting room needs `admission`, the buyer's admission token.
     pub async fn reserve(
         self: &Arc<Self>,
         sale_id: &SaleId,
         user_id: UserId,
         key: Option<IdempotencyKey>,
+        admission: Option<&[u8]>,
     ) -> Result<Reserved, ApiError> {
         let rt = match self.runtime(sale_id).await {
             Ok(rt) => rt,
@@ -152,7 +154,15 @@ impl Node {
                 return Err(e);
             }
         };
-        let result = self.reserve_in(&rt, user_id, key).await;
+        let result = match &rt.spec.queue {
+            Some(q) => crate::admission::verify(q, sale_id, &user_id, admission, self.store.now())
+                .map_err(|r| ApiError::not_admitted(r.message())),
+            None => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => self.reserve_in(&rt, user_id, key).await,
+            Err(e) => Err(e),
+        };
         rt.counters.count(match &result {
             Ok(Reserved::Created(_)) => Outcome::Reserved,
             Ok(Reserved::Replayed(_)) => Outcome::Replayed,

@@ -11,6 +11,15 @@
 --   5 res       hash: reservation id -> "state created_ms expires_ms paid_ms updated_ms user"
 --   6 due       zset: reservation id scored by expires_ms, for holds still reserved
 --   7 events    stream: one entry per state change, for the order writer
+--   8 queue     hash: 'q:' .. queue id -> "user seq" (seq: the later arrival's number from 0,
+--               or 'P' in the pre-queue); 'u:' .. user -> the user's latest queue id
+--   9 qpre      zset: the pre-queue, every member scored 0, so it sorts by queue id (random:
+--               the shuffle at the opening); frozen once the sale opens
+--  10 wl        hash: 'w:' .. waitlist id -> "state seq user"; 'u:' .. user -> latest entry
+--  11 wlq       zset: waiting entries scored by seq (arrival order)
+--
+-- The sale hash also keeps opens_ms and admit (admit_per_second; absent without a queue),
+-- qlater (later arrivals so far) and wlseq (waitlist entries so far).
 --
 -- Every script answers a table whose first element is 'OK' or 'E' (then an error code), so
 -- refusals by the rules are data, not Redis errors. Numbers travel as decimal strings.
@@ -18,6 +27,7 @@
 
 local K_SALE, K_LEASES, K_USERS, K_IDEM, K_RES, K_DUE, K_EVENTS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local K_QUEUE, K_QPRE, K_WL, K_WLQ = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 
 -- Without an order writer nobody reads the stream: keep only recent history.
 local EVENTS_KEEP_WITHOUT_WRITER = 100000
@@ -131,3 +141,75 @@ local function release_hold(id, v, state, now)
   return nv
 end
 
+
+-- A waitlist entry's record.
+local function parse_wl(v)
+  local st, seq, u = string.match(v, '^(%a+) (%d+) (.+)$')
+  return st, tonumber(seq), u
+end
+
+-- Freed tickets in the pool go to the waitlist, first waiting entry first, each as a hold in
+-- that buyer's name (reservation id WAITLIST_ID.SALE_ID); a buyer already at the limit is
+-- taken out of line instead. Called in the same script as every release, so a freed ticket
+-- never sits in the pool while someone waits.
+local function offer_freed(now)
+  local limit, hold = nil, nil
+  while tonumber(redis.call('HGET', K_SALE, 'pool')) > 0 do
+    local head = redis.call('ZRANGE', K_WLQ, 0, 0)
+    if not head[1] then
+      return
+    end
+    local wid = head[1]
+    local _, seq, u = parse_wl(redis.call('HGET', K_WL, 'w:' .. wid))
+    redis.call('ZREM', K_WLQ, wid)
+    if not limit then
+      limit = tonumber(redis.call('HGET', K_SALE, 'limit'))
+      hold = tonumber(redis.call('HGET', K_SALE, 'hold_ms'))
+    end
+    local held = tonumber(redis.call('HGET', K_USERS, u) or '0')
+    if held >= limit then
+      redis.call('HSET', K_WL, 'w:' .. wid, 'withdrawn ' .. fmt(seq) .. ' ' .. u)
+    else
+      redis.call('HSET', K_WL, 'w:' .. wid, 'offered ' .. fmt(seq) .. ' ' .. u)
+      local sale_id = string.match(K_SALE, '^{sale:(.*)}:sale$')
+      local rid = wid .. '.' .. sale_id
+      local rv = res_value('reserved', now, now + hold, 0, now, u)
+      redis.call('HSET', K_RES, rid, rv)
+      redis.call('ZADD', K_DUE, fmt(now + hold), rid)
+      redis.call('HINCRBY', K_SALE, 'pool', -1)
+      redis.call('HINCRBY', K_SALE, 'reserved', 1)
+      redis.call('HINCRBY', K_USERS, u, 1)
+      emit_reservation(rid, rv)
+    end
+  end
+end
+
+-- The waiting entries at or ahead of place seq.
+local function wl_position(seq)
+  return redis.call('ZCOUNT', K_WLQ, '-inf', fmt(seq))
+end
+
+-- When place rank of the queue is admitted (QueueSpec::admitted_at).
+local function admitted_at(opens, rate, rank)
+  return opens + math.ceil((rank - 1) * 1000 / rate)
+end
+
+-- A queue entry: found, its user, its place (nil in the pre-queue before the opening).
+local function queue_rank(id, now, opens)
+  local v = redis.call('HGET', K_QUEUE, 'q:' .. id)
+  if not v then
+    return false
+  end
+  local u, seq = string.match(v, '^(%S+) (%S+)$')
+  if seq == 'P' then
+    if now < opens then
+      return true, u, nil
+    end
+    return true, u, redis.call('ZRANK', K_QPRE, id) + 1
+  end
+  return true, u, redis.call('ZCARD', K_QPRE) + tonumber(seq) + 1
+end
+
+local function queue_size()
+  return redis.call('ZCARD', K_QPRE) + tonumber(redis.call('HGET', K_SALE, 'qlater') or '0')
+end

@@ -21,6 +21,9 @@ for _, id in ipairs(due) do
   end
 end
 local reclaimed = reclaim_lapsed(now)
+if expired + reclaimed > 0 then
+  offer_freed(now)
+end
 local next_ms = now + tonumber(redis.call('HGET', K_SALE, 'hold_ms'))
 local first = redis.call('ZRANGE', K_DUE, 0, 0, 'WITHSCORES')
 if first[2] then

@@ -24,10 +24,13 @@ end
 local now = now_ms()
 if e <= now then
   release_hold(id, v, 'expired', now)
+  offer_freed(now)
   return {'E', 'EXPIRED'}
 end
 if action == 'cancel' then
-  return {'OK', release_hold(id, v, 'cancelled', now)}
+  local nv = release_hold(id, v, 'cancelled', now)
+  offer_freed(now)
+  return {'OK', nv}
 end
 local nv = res_value('paid', c, e, now, now, u)
 redis.call('HSET', K_RES, id, nv)

@@ -37,15 +37,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ticketrush_core::{
-    Event, IdempotencyKey, Ledger, LedgerError, Reservation, ReservationId, ReserveItem, SaleId,
-    SaleSpec, SaleView, UnixMs, UserId,
+    Event, IdempotencyKey, Ledger, LedgerError, QueueId, Reservation, ReservationId, ReserveItem,
+    SaleId, SaleSpec, SaleView, UnixMs, UserId, WaitlistEntry, WaitlistId,
 };
 use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::follower::{Follow, FollowError, Following, JournalFollower};
 use crate::journal;
-use crate::{BatchOutcome, BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
+use crate::{
+    BatchOutcome, BoxFuture, QueueAnswer, ReapReport, Snapshot, Store, StoreError, StoreResult,
+    WaitlistAnswer,
+};
 
 /// Most journal bytes waiting for the writer. The writer drains in one fsync what arrived
 /// during the last; a backlog this large means the disk has stalled, and taking more changes
@@ -735,7 +738,9 @@ pub fn describe(events: &[Event]) -> String {
     let reservations: Vec<&str> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Reserved { reservation, .. } => Some(reservation.id.as_str()),
+            Event::Reserved { reservation, .. } | Event::WaitlistOffered { reservation, .. } => {
+                Some(reservation.id.as_str())
+            }
             _ => None,
         })
         .collect();
@@ -870,6 +875,84 @@ impl Store for EmbeddedStore {
             })
             .map(|(r, _)| r);
         Box::pin(async move { r })
+    }
+
+    fn queue_join<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        queue_id: QueueId,
+        user_id: UserId,
+    ) -> BoxFuture<'a, StoreResult<QueueAnswer>> {
+        Box::pin(self.mutate_durably(move |l, now, out| {
+            let (entry, created) = l.queue_join(sale_id, queue_id, user_id, now, out)?;
+            Ok(QueueAnswer {
+                entry,
+                created,
+                now,
+            })
+        }))
+    }
+
+    fn queue_entry<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        queue_id: &'a QueueId,
+    ) -> BoxFuture<'a, StoreResult<Option<QueueAnswer>>> {
+        // Shown only once the join it shows is durable, like an idempotent replay.
+        let now = self.clock.now();
+        let (answer, seq) = {
+            let mut st = self.lock();
+            let e = st.ledger.queue_entry(sale_id, queue_id, now);
+            (e, st.seq)
+        };
+        Box::pin(async move {
+            let entry = answer?;
+            self.durable(seq).await?;
+            Ok(entry.map(|entry| QueueAnswer {
+                entry,
+                created: false,
+                now,
+            }))
+        })
+    }
+
+    fn waitlist_join<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: WaitlistId,
+        user_id: UserId,
+    ) -> BoxFuture<'a, StoreResult<WaitlistAnswer>> {
+        Box::pin(self.mutate_durably(move |l, now, out| {
+            let (entry, created) = l.waitlist_join(sale_id, waitlist_id, user_id, now, out)?;
+            Ok(WaitlistAnswer { entry, created })
+        }))
+    }
+
+    fn waitlist_entry<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: &'a WaitlistId,
+    ) -> BoxFuture<'a, StoreResult<Option<WaitlistEntry>>> {
+        let (answer, seq) = {
+            let st = self.lock();
+            (st.ledger.waitlist_entry(sale_id, waitlist_id), st.seq)
+        };
+        Box::pin(async move {
+            let entry = answer?;
+            self.durable(seq).await?;
+            Ok(entry)
+        })
+    }
+
+    fn waitlist_withdraw<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: &'a WaitlistId,
+        user_id: &'a UserId,
+    ) -> BoxFuture<'a, StoreResult<WaitlistEntry>> {
+        Box::pin(self.mutate_durably(move |l, now, out| {
+            l.waitlist_withdraw(sale_id, waitlist_id, user_id, now, out)
+        }))
     }
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {

@@ -21,8 +21,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use ticketrush_core::{
-    IdempotencyKey, LedgerError, Reservation, ReservationId, ReserveItem, ReserveOutcome, SaleId,
-    SaleSpec, SaleView, UnixMs, UserId,
+    IdempotencyKey, LedgerError, QueueEntry, QueueId, Reservation, ReservationId, ReserveItem,
+    ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId, WaitlistEntry, WaitlistId,
 };
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -81,6 +81,24 @@ pub struct Snapshot {
     pub reservations: Vec<Reservation>,
 }
 
+/// A queue entry with the store's clock when it was read: admission is decided by that clock
+/// (see `QueueSpec::admitted_through`), the same for every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueAnswer {
+    pub entry: QueueEntry,
+    /// A new entry (202), or the user's existing one (200).
+    pub created: bool,
+    pub now: UnixMs,
+}
+
+/// A waitlist entry as a join answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitlistAnswer {
+    pub entry: WaitlistEntry,
+    /// A new entry (201), or the user's entry still waiting (200).
+    pub created: bool,
+}
+
 /// The global store. Every method is one atomic step in the store.
 pub trait Store: Send + Sync + 'static {
     /// The store's notion of now: the clock every deadline is measured against.
@@ -129,6 +147,46 @@ pub trait Store: Send + Sync + 'static {
     /// one step retries until two reads of the counts agree, and answers `Unavailable` if the
     /// sale keeps changing.
     fn snapshot<'a>(&'a self, sale_id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<Snapshot>>>;
+
+    /// Puts a user in a queued sale's waiting room (`queue_id` is the new entry's id, made by
+    /// the node), or answers the user's entry while it still counts (not admitted yet, or
+    /// admitted and within the admission window). Durable when it answers.
+    fn queue_join<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        queue_id: QueueId,
+        user_id: UserId,
+    ) -> BoxFuture<'a, StoreResult<QueueAnswer>>;
+
+    /// A queue entry and its place in line, read with the store's clock.
+    fn queue_entry<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        queue_id: &'a QueueId,
+    ) -> BoxFuture<'a, StoreResult<Option<QueueAnswer>>>;
+
+    /// Puts a user on a sold-out sale's waitlist (`NotSoldOut` while the pool has tickets,
+    /// `LimitReached` for a user at the limit), or answers the user's entry still waiting.
+    fn waitlist_join<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: WaitlistId,
+        user_id: UserId,
+    ) -> BoxFuture<'a, StoreResult<WaitlistAnswer>>;
+
+    fn waitlist_entry<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: &'a WaitlistId,
+    ) -> BoxFuture<'a, StoreResult<Option<WaitlistEntry>>>;
+
+    /// The user leaves the waitlist (an entry already offered keeps its reservation).
+    fn waitlist_withdraw<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: &'a WaitlistId,
+        user_id: &'a UserId,
+    ) -> BoxFuture<'a, StoreResult<WaitlistEntry>>;
 
     /// Round trips made to a store across a network so far (`None` for the embedded store):
     /// `/metrics` shows it, so calls per reservation can be measured.

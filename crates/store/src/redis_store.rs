@@ -26,13 +26,19 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use ticketrush_core::line::{QUEUE_ENTRIES_MAX, WAITLIST_ENTRIES_MAX};
+use ticketrush_core::sale::ADMISSION_WINDOW_MS;
 use ticketrush_core::{
-    IdempotencyKey, LedgerError, Reservation, ReservationId, ReservationState, ReserveItem,
-    ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId,
+    IdempotencyKey, LedgerError, QueueEntry, QueueId, Reservation, ReservationId, ReservationState,
+    ReserveItem, ReserveOutcome, SaleId, SaleSpec, SaleView, UnixMs, UserId, WaitState,
+    WaitlistEntry, WaitlistId,
 };
 
 use crate::redis_cluster::ClusterConn;
-use crate::{BatchOutcome, BoxFuture, ReapReport, Snapshot, Store, StoreError, StoreResult};
+use crate::{
+    BatchOutcome, BoxFuture, QueueAnswer, ReapReport, Snapshot, Store, StoreError, StoreResult,
+    WaitlistAnswer,
+};
 
 /// The set of every sale id; not in any sale's slot.
 pub const SALES_KEY: &str = "ticketrush:sales";
@@ -144,6 +150,9 @@ struct Scripts {
     settle: Script,
     reap: Script,
     lookup: Script,
+    queue_join: Script,
+    queue_entry: Script,
+    waitlist: Script,
 }
 
 impl Scripts {
@@ -155,6 +164,9 @@ impl Scripts {
             settle: with_prelude(include_str!("../lua/settle.lua")),
             reap: with_prelude(include_str!("../lua/reap.lua")),
             lookup: with_prelude(include_str!("../lua/lookup.lua")),
+            queue_join: with_prelude(include_str!("../lua/queue_join.lua")),
+            queue_entry: with_prelude(include_str!("../lua/queue_entry.lua")),
+            waitlist: with_prelude(include_str!("../lua/waitlist.lua")),
         }
     }
 }
@@ -178,6 +190,14 @@ pub struct SaleKeys {
     pub due: String,
     /// The event stream the order writers follow.
     pub events: String,
+    /// The waiting room's entries and each user's latest.
+    pub queue: String,
+    /// The pre-queue (sorted by id: the shuffle).
+    pub qpre: String,
+    /// The waitlist's entries and each user's latest.
+    pub wl: String,
+    /// The waitlist's waiting entries in arrival order.
+    pub wlq: String,
 }
 
 impl SaleKeys {
@@ -191,11 +211,15 @@ impl SaleKeys {
             res: format!("{tag}:res"),
             due: format!("{tag}:due"),
             events: format!("{tag}:events"),
+            queue: format!("{tag}:queue"),
+            qpre: format!("{tag}:qpre"),
+            wl: format!("{tag}:wl"),
+            wlq: format!("{tag}:wlq"),
         }
     }
 
-    /// KEYS[1..7] of every script, in `lua/prelude.lua`'s order.
-    pub fn in_script_order(&self) -> [&str; 7] {
+    /// KEYS[1..11] of every script, in `lua/prelude.lua`'s order.
+    pub fn in_script_order(&self) -> [&str; 11] {
         [
             &self.sale,
             &self.leases,
@@ -204,6 +228,10 @@ impl SaleKeys {
             &self.res,
             &self.due,
             &self.events,
+            &self.queue,
+            &self.qpre,
+            &self.wl,
+            &self.wlq,
         ]
     }
 }
@@ -416,8 +444,10 @@ impl RedisStore {
         // the write it must cover (a redirection, a map refresh or a reconnect between two
         // separate calls could send WAIT somewhere that never saw the write).
         let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg(script.get_hash()).arg(7);
-        for k in SaleKeys::of(sale).in_script_order() {
+        let keys = SaleKeys::of(sale);
+        let keys = keys.in_script_order();
+        evalsha.arg(script.get_hash()).arg(keys.len());
+        for k in keys {
             evalsha.arg(k);
         }
         for a in args {
@@ -605,10 +635,17 @@ impl RedisStore {
         let limit = spec.per_user_limit.to_string();
         let hold_ms = spec.hold_ms().to_string();
         let group = if self.config.orders { ORDERS_GROUP } else { "" };
+        let opens_ms = spec.opens_at.0.to_string();
+        let admit = spec
+            .queue
+            .as_ref()
+            .map_or(String::new(), |q| q.admit_per_second.to_string());
         self.run_write(
             &self.scripts.create_sale,
             &spec.id,
-            &[&spec_json, &total, &limit, &hold_ms, group],
+            &[
+                &spec_json, &total, &limit, &hold_ms, group, &opens_ms, &admit,
+            ],
         )
         .await?;
         Ok(SaleView {
@@ -721,6 +758,59 @@ impl RedisStore {
     }
 }
 
+/// A queue script's answer after 'OK': user, rank ('' before the draw), size, now.
+fn queue_answer(queue_id: QueueId, fields: &[String], created: bool) -> StoreResult<QueueAnswer> {
+    let [user, rank, size, now] = fields else {
+        return Err(bad_reply("queue", fields));
+    };
+    let user_id = UserId::parse(user).map_err(|_| bad_reply("queue", fields))?;
+    let rank = match rank.as_str() {
+        "" => None,
+        r => Some(parse_num(r)?.max(0) as u64),
+    };
+    Ok(QueueAnswer {
+        entry: QueueEntry {
+            queue_id,
+            user_id,
+            rank,
+            size: parse_num(size)?.max(0) as u64,
+        },
+        created,
+        now: UnixMs(parse_num(now)?),
+    })
+}
+
+/// The waitlist script's answer after 'OK': id, user, state, position ('' unless waiting),
+/// created.
+fn waitlist_answer(fields: &[String]) -> StoreResult<Option<WaitlistAnswer>> {
+    let [id, user, state, position, created] = fields else {
+        return if fields.is_empty() {
+            Ok(None)
+        } else {
+            Err(bad_reply("waitlist", fields))
+        };
+    };
+    let bad = || bad_reply("waitlist", fields);
+    let state = match state.as_str() {
+        "waiting" => WaitState::Waiting,
+        "offered" => WaitState::Offered,
+        "withdrawn" => WaitState::Withdrawn,
+        _ => return Err(bad()),
+    };
+    Ok(Some(WaitlistAnswer {
+        entry: WaitlistEntry {
+            waitlist_id: WaitlistId::parse(id).map_err(|_| bad())?,
+            user_id: UserId::parse(user).map_err(|_| bad())?,
+            state,
+            position: match position.as_str() {
+                "" => None,
+                p => Some(parse_num(p)?.max(0) as u64),
+            },
+        },
+        created: created == "1",
+    }))
+}
+
 /// A script's answer: the fields after 'OK', or its refusal.
 fn script_reply(reply: Vec<String>) -> StoreResult<Vec<String>> {
     let mut it = reply.into_iter();
@@ -751,6 +841,11 @@ fn refusal(code: &str) -> StoreError {
         "EXPIRED" => LedgerError::Expired,
         "CANCELLED" => LedgerError::Cancelled,
         "ALREADY_PAID" => LedgerError::AlreadyPaid,
+        "NO_QUEUE" => LedgerError::NoQueue,
+        "NOT_SOLD_OUT" => LedgerError::NotSoldOut,
+        "LIMIT_REACHED" => LedgerError::LimitReached,
+        "LINE_FULL" => LedgerError::LineFull,
+        "WAITLIST_NOT_FOUND" => LedgerError::WaitlistNotFound,
         "BACKLOG" => {
             return StoreError::Refused(
                 "the order events backlog is full; the order writer is behind".into(),
@@ -951,6 +1046,112 @@ impl Store for RedisStore {
 
     fn snapshot<'a>(&'a self, sale_id: &'a SaleId) -> BoxFuture<'a, StoreResult<Option<Snapshot>>> {
         Box::pin(self.do_snapshot(sale_id))
+    }
+
+    fn queue_join<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        queue_id: QueueId,
+        user_id: UserId,
+    ) -> BoxFuture<'a, StoreResult<QueueAnswer>> {
+        Box::pin(async move {
+            let window = ADMISSION_WINDOW_MS.to_string();
+            let max = QUEUE_ENTRIES_MAX.to_string();
+            let r = self
+                .run_write(
+                    &self.scripts.queue_join,
+                    sale_id,
+                    &[queue_id.as_str(), user_id.as_str(), &window, &max],
+                )
+                .await?;
+            let (id, rest) = r.split_first().ok_or_else(|| bad_reply("queue_join", &r))?;
+            let [rank, size, now, created] = rest else {
+                return Err(bad_reply("queue_join", &r));
+            };
+            let id = QueueId::parse(id).map_err(|_| bad_reply("queue_join", &r))?;
+            let fields = [
+                user_id.as_str().to_string(),
+                rank.clone(),
+                size.clone(),
+                now.clone(),
+            ];
+            queue_answer(id, &fields, created == "1")
+        })
+    }
+
+    fn queue_entry<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        queue_id: &'a QueueId,
+    ) -> BoxFuture<'a, StoreResult<Option<QueueAnswer>>> {
+        Box::pin(async move {
+            let r = self
+                .run(&self.scripts.queue_entry, sale_id, &[queue_id.as_str()])
+                .await?;
+            if r.is_empty() {
+                return Ok(None);
+            }
+            queue_answer(queue_id.clone(), &r, false).map(Some)
+        })
+    }
+
+    fn waitlist_join<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: WaitlistId,
+        user_id: UserId,
+    ) -> BoxFuture<'a, StoreResult<WaitlistAnswer>> {
+        Box::pin(async move {
+            let max = WAITLIST_ENTRIES_MAX.to_string();
+            let r = self
+                .run_write(
+                    &self.scripts.waitlist,
+                    sale_id,
+                    &["join", waitlist_id.as_str(), user_id.as_str(), &max],
+                )
+                .await?;
+            waitlist_answer(&r)?.ok_or_else(|| bad_reply("waitlist", &r))
+        })
+    }
+
+    fn waitlist_entry<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: &'a WaitlistId,
+    ) -> BoxFuture<'a, StoreResult<Option<WaitlistEntry>>> {
+        Box::pin(async move {
+            let r = self
+                .run(
+                    &self.scripts.waitlist,
+                    sale_id,
+                    &["get", waitlist_id.as_str(), "", "0"],
+                )
+                .await;
+            match r {
+                Err(StoreError::Ledger(LedgerError::SaleNotFound)) => Ok(None),
+                r => Ok(waitlist_answer(&r?)?.map(|a| a.entry)),
+            }
+        })
+    }
+
+    fn waitlist_withdraw<'a>(
+        &'a self,
+        sale_id: &'a SaleId,
+        waitlist_id: &'a WaitlistId,
+        user_id: &'a UserId,
+    ) -> BoxFuture<'a, StoreResult<WaitlistEntry>> {
+        Box::pin(async move {
+            let r = self
+                .run_write(
+                    &self.scripts.waitlist,
+                    sale_id,
+                    &["withdraw", waitlist_id.as_str(), user_id.as_str(), "0"],
+                )
+                .await?;
+            waitlist_answer(&r)?
+                .map(|a| a.entry)
+                .ok_or_else(|| bad_reply("waitlist", &r))
+        })
     }
 
     fn round_trips(&self) -> Option<u64> {

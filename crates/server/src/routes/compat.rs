@@ -77,7 +77,8 @@ pub async fn buy_ticket(
             "no sale_id given and the server has no default sale (serve --sale ID:TOTAL)",
         );
     };
-    match node.reserve(&sale, user, None).await {
+    let admission = headers.get("admission-token").map(|v| v.as_bytes());
+    match node.reserve(&sale, user, None, admission).await {
         Ok(Reserved::Created(r) | Reserved::Replayed(r)) => json(
             StatusCode::OK,
             &Answer {

@@ -5,6 +5,7 @@
 //! reservation flow) or the `Store` trait.
 
 mod compat;
+mod lines;
 mod ops;
 mod reservations;
 mod sales;
@@ -38,6 +39,12 @@ fn api() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(reservations::get))
         .routes(routes!(reservations::pay))
         .routes(routes!(reservations::cancel))
+        .routes(routes!(lines::queue_join))
+        .routes(routes!(lines::queue_get))
+        .routes(routes!(lines::waitlist_join))
+        .routes(routes!(lines::waitlist_get))
+        .routes(routes!(lines::waitlist_withdraw))
+        .routes(routes!(lines::page))
         .routes(routes!(compat::buy_ticket))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
@@ -123,6 +130,16 @@ pub struct SaleBody<'a> {
     hold_seconds: u32,
     #[schema(format = DateTime)]
     opens_at: String,
+    /// Present when the sale has a waiting room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    queue: Option<SaleQueueBody>,
+}
+
+/// A sale's waiting room as the API shows it (its signing key never leaves the store).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SaleQueueBody {
+    admit_per_second: u32,
 }
 
 impl<'a> SaleBody<'a> {
@@ -137,6 +154,9 @@ impl<'a> SaleBody<'a> {
             per_user_limit: v.spec.per_user_limit,
             hold_seconds: v.spec.hold_seconds,
             opens_at: v.spec.opens_at.to_rfc3339(),
+            queue: v.spec.queue.as_ref().map(|q| SaleQueueBody {
+                admit_per_second: q.admit_per_second,
+            }),
         }
     }
 }

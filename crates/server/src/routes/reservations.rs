@@ -30,7 +30,11 @@ pub struct UserBody {
 
 impl UserBody {
     /// The user this request acts for (see `auth::acting_user`).
-    fn acting(self, node: &crate::node::Node, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    pub(crate) fn acting(
+        self,
+        node: &crate::node::Node,
+        headers: &HeaderMap,
+    ) -> Result<UserId, ApiError> {
         crate::auth::acting_user(node.config.user_auth.as_deref(), headers, self.user_id)
     }
 }
@@ -44,13 +48,16 @@ impl UserBody {
         ("sale_id" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$", description = "The sale's id"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
             pattern = "^[!-~]([ -~]*[!-~])?$",
-            description = "1–128 printable ASCII characters: a retry with the same key (same user) answers 200 with the same reservation and never reserves twice")
+            description = "1–128 printable ASCII characters: a retry with the same key (same user) answers 200 with the same reservation and never reserves twice"),
+        ("Admission-Token" = Option<String>, Header, max_length = 64,
+            description = "Required by a sale with a waiting room: the token its queue gave this user once admitted")
     ),
     request_body = UserBody,
     responses(
         (status = 201, description = "Reserved", body = ReservationBody),
         (status = 200, description = "The Idempotency-Key was seen: the earlier reservation", body = ReservationBody),
         (status = 400, description = "A malformed body, id or key (`invalid_request`)", body = ErrorBody),
+        (status = 403, description = "A sale with a waiting room and no valid admission token for this user (`not_admitted`: missing, another user's or sale's, forged, or expired)", body = ErrorBody),
         (status = 404, description = "No such sale (`sale_not_found`)", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time (`invalid_request`)", body = ErrorBody),
         (status = 409, description = "No ticket is left anywhere in the sale (`sold_out`), the user holds as many as the sale allows (`limit_reached`), or the sale has not opened (`not_open`)", body = ErrorBody),
@@ -76,7 +83,15 @@ pub async fn reserve(
     }
     .await;
     let resp = match result {
-        Ok((sale_id, key, user_id)) => match node.reserve(&sale_id, user_id, key).await {
+        Ok((sale_id, key, user_id)) => match node
+            .reserve(
+                &sale_id,
+                user_id,
+                key,
+                parts.headers.get("admission-token").map(|v| v.as_bytes()),
+            )
+            .await
+        {
             Ok(Reserved::Created(r)) => json(StatusCode::CREATED, &ReservationBody::of(&r)),
             Ok(Reserved::Replayed(r)) => json(StatusCode::OK, &ReservationBody::of(&r)),
             Err(e) => e.into_response(),

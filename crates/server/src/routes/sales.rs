@@ -38,6 +38,18 @@ pub struct CreateSale {
     /// Default: now.
     #[schema(format = DateTime)]
     opens_at: Option<String>,
+    /// A waiting room: buyers join the sale's queue and reserve once admitted (docs/API.md).
+    queue: Option<QueueRequest>,
+}
+
+/// A sale's waiting room.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueRequest {
+    /// Buyers admitted per second, in line order.
+    #[schema(minimum = 1, maximum = 100_000)]
+    #[serde(deserialize_with = "crate::body::whole::u32")]
+    admit_per_second: u32,
 }
 
 /// Creates a sale (admin).
@@ -81,8 +93,22 @@ pub async fn create(
         opens_at,
     )
     .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let spec = match req.queue {
+        Some(q) => spec
+            .with_queue(q.admit_per_second, new_queue_secret())
+            .map_err(|e| ApiError::invalid(e.to_string()))?,
+        None => spec,
+    };
     let view = node.store.create_sale(spec).await?;
     Ok(json(StatusCode::CREATED, &SaleBody::of(&view)))
+}
+
+/// The key a sale's admission tokens are signed with: 256 random bits, in hex.
+fn new_queue_secret() -> String {
+    use rand::Rng;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One sale with its counts (`available + reserved + paid == total`).

@@ -1,0 +1,34 @@
+-- ARGV: queue id (new), user id, admission window ms, most entries
+-- Puts a user in the sale's waiting-room queue, or answers the user's entry while it still
+-- counts (not admitted yet, or admitted less than the window ago).
+-- Answers {'OK', queue id, rank ('' before the draw), size, now_ms, created '1'/'0'}.
+local qid, user, window, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local sale = redis.call('HMGET', K_SALE, 'admit', 'opens_ms')
+if redis.call('EXISTS', K_SALE) == 0 then
+  return {'E', 'SALE_NOT_FOUND'}
+end
+if not sale[1] then
+  return {'E', 'NO_QUEUE'}
+end
+local rate, opens = tonumber(sale[1]), tonumber(sale[2])
+local now = now_ms()
+local existing = redis.call('HGET', K_QUEUE, 'u:' .. user)
+if existing then
+  local found, _, rank = queue_rank(existing, now, opens)
+  if found and not (rank and admitted_at(opens, rate, rank) + window <= now) then
+    return {'OK', existing, rank and fmt(rank) or '', fmt(queue_size()), fmt(now), '0'}
+  end
+end
+if queue_size() >= max then
+  return {'E', 'LINE_FULL'}
+end
+if now < opens then
+  redis.call('HSET', K_QUEUE, 'q:' .. qid, user .. ' P')
+  redis.call('ZADD', K_QPRE, 0, qid)
+else
+  local seq = redis.call('HINCRBY', K_SALE, 'qlater', 1) - 1
+  redis.call('HSET', K_QUEUE, 'q:' .. qid, user .. ' ' .. fmt(seq))
+end
+redis.call('HSET', K_QUEUE, 'u:' .. user, qid)
+local _, _, rank = queue_rank(qid, now, opens)
+return {'OK', qid, rank and fmt(rank) or '', fmt(queue_size()), fmt(now), '1'}
