@@ -239,6 +239,45 @@ impl Client {
         .await
     }
 
+    /// Joins a sale's waiting room.
+    pub async fn join_queue(&self, sale: &str, user: &str) -> Answer {
+        self.post(
+            &format!("/api/v1/sales/{sale}/queue"),
+            json!({"user_id": user}),
+        )
+        .await
+    }
+
+    /// A place in a sale's waiting room.
+    pub async fn queue_entry(&self, sale: &str, queue_id: &str) -> Answer {
+        self.get(&format!("/api/v1/sales/{sale}/queue/{queue_id}"))
+            .await
+    }
+
+    /// Reserves with an admission token (a sale with a waiting room).
+    pub async fn reserve_admitted(&self, sale: &str, user: &str, token: &str) -> Answer {
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/sales/{sale}/reservations", self.base))
+                .header("Admission-Token", token)
+                .json(&json!({"user_id": user})),
+        )
+        .await
+    }
+
+    pub async fn join_waitlist(&self, sale: &str, user: &str) -> Answer {
+        self.post(
+            &format!("/api/v1/sales/{sale}/waitlist"),
+            json!({"user_id": user}),
+        )
+        .await
+    }
+
+    pub async fn waitlist_entry(&self, sale: &str, waitlist_id: &str) -> Answer {
+        self.get(&format!("/api/v1/sales/{sale}/waitlist/{waitlist_id}"))
+            .await
+    }
+
     /// The sale's counts: (available, reserved, paid, total).
     pub async fn counts(&self, sale: &str) -> (u64, u64, u64, u64) {
         let a = self.get(&format!("/api/v1/sales/{sale}")).await;

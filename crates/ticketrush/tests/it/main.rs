@@ -3,6 +3,7 @@
 
 mod auth;
 mod bench;
+mod buyer_page;
 mod cli;
 mod cluster;
 mod crash;
@@ -10,6 +11,7 @@ mod dashboard;
 mod demo;
 mod deploy;
 mod embedded_orders;
+mod front_door;
 mod journal;
 mod nginx;
 mod openapi;
