@@ -61,10 +61,11 @@ pub enum Outcome {
     Unavailable,
     SaleNotFound,
     InvalidRequest,
+    NotAdmitted,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
+    const ALL: [Outcome; 10] = [
         Outcome::Reserved,
         Outcome::Replayed,
         Outcome::SoldOut,
@@ -74,6 +75,7 @@ impl Outcome {
         Outcome::Unavailable,
         Outcome::SaleNotFound,
         Outcome::InvalidRequest,
+        Outcome::NotAdmitted,
     ];
 
     fn label(self) -> &'static str {
@@ -87,6 +89,7 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::SaleNotFound => "sale_not_found",
             Outcome::InvalidRequest => "invalid_request",
+            Outcome::NotAdmitted => "not_admitted",
         }
     }
 
@@ -99,6 +102,7 @@ impl Outcome {
             "overloaded" => Outcome::Overloaded,
             "sale_not_found" => Outcome::SaleNotFound,
             "invalid_request" | "payload_too_large" => Outcome::InvalidRequest,
+            "not_admitted" => Outcome::NotAdmitted,
             _ => Outcome::Unavailable,
         }
     }

@@ -49,8 +49,8 @@ impl UserBody {
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
             pattern = "^[!-~]([ -~]*[!-~])?$",
             description = "1–128 printable ASCII characters: a retry with the same key (same user) answers 200 with the same reservation and never reserves twice"),
-        ("Admission-Token" = Option<String>, Header, max_length = 64,
-            description = "Required by a sale with a waiting room: the token its queue gave this user once admitted")
+        ("Admission-Token" = Option<String>, Header,
+            description = "Required by a sale with a waiting room: the token its queue gave this user once admitted (ignored by a sale without one)")
     ),
     request_body = UserBody,
     responses(

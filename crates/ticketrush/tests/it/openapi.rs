@@ -94,6 +94,16 @@ async fn schemathesis_finds_nothing_against_a_live_node() {
         .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
         .args(["--checks", "all", "--max-examples", "30"])
         .arg("--generation-deterministic")
+        // Every warning but two: missing test data (the queue's and the waitlist's places have
+        // ids made from 128 random bits, which generated requests cannot hit; their 404s are
+        // checked against the document like every answer) and a low valid-input rate (most
+        // generated sales reuse a few ids, so they meet `sale_exists`, a documented 409).
+        .args([
+            "--warnings",
+            "missing_auth,base_url_mismatch,validation_mismatch,missing_deserializer,\
+             unused_openapi_auth,unsupported_regex,method_not_allowed,unmatched_filter,\
+             unresolvable_reference,rate_limited,dictionary_mismatch",
+        ])
         // Its working files (.hypothesis) go to the test's temp dir, not the repository.
         .current_dir(&dir.0)
         .kill_on_drop(true)
