@@ -146,6 +146,12 @@ pub struct Args {
     /// newline removed), `sub` the user: for nodes with `--user-auth jwt`.
     #[arg(long, env = "TICKETRUSH_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// Go through the sale's waiting room: each user joins its queue, polls its place with
+    /// the documented backoff and reserves with its admission token once admitted; the report
+    /// shows the admission rate held, the line's order and the waiting times (the first sale
+    /// only; `--endpoint`, `--pay-ratio` and `--chart` do not apply).
+    #[arg(long, env = "TICKETRUSH_BENCH_QUEUE")]
+    pub queue: bool,
 }
 
 impl Args {
@@ -198,6 +204,7 @@ impl Args {
             no_check: false,
             quiet: true,
             jwt_secret_file: None,
+            queue: false,
         }
     }
 

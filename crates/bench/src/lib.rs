@@ -19,6 +19,7 @@ pub mod check;
 mod conn;
 mod http;
 mod progress;
+pub mod queue;
 pub mod report;
 pub mod timeline;
 
@@ -341,6 +342,9 @@ fn write_outputs(args: &Args, report: &Report) -> anyhow::Result<()> {
 /// The `ticketrush bench` command: runs, prints the report on stdout, and fails (exit 1) when
 /// the oversell/few-sell check failed.
 pub async fn command(args: Args) -> anyhow::Result<()> {
+    if args.queue {
+        return queue::command(args).await;
+    }
     let report = run(args).await?;
     println!("{report}");
     if !report.passed() {
