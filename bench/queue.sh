@@ -110,7 +110,7 @@ request = function()
     string.format('{"user_id":"w%d-%d"}', math.random(1, 1000000000), n))
 end
 EOF
-wrk -t1 -c64 -d"${JOINS_SECONDS}s" -s "$OUT/join.lua" "$URL" >"$OUT/wrk-join.txt"
+wrk -t1 -c64 -d"${JOINS_SECONDS}s" --latency -s "$OUT/join.lua" "$URL" >"$OUT/wrk-join.txt"
 size=$(curl -sf -XPOST "$URL/api/v1/sales/q/queue" -H 'content-type: application/json' \
   -d '{"user_id":"last"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue_size"])')
 after=$(rss)

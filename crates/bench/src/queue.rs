@@ -132,11 +132,7 @@ impl fmt::Display for QueueReport {
             self.wait_s[2],
             self.wait_s[3]
         )?;
-        write!(
-            f,
-            "  {}",
-            if self.passed() { "PASSED" } else { "FAILED" }
-        )
+        write!(f, "  {}", if self.passed() { "PASSED" } else { "FAILED" })
     }
 }
 
@@ -218,7 +214,9 @@ impl Conn {
 }
 
 fn millis_of(body: &serde_json::Value, field: &str) -> Option<i64> {
-    UnixMs::parse_rfc3339(body[field].as_str()?).ok().map(|t| t.0)
+    UnixMs::parse_rfc3339(body[field].as_str()?)
+        .ok()
+        .map(|t| t.0)
 }
 
 /// When to poll a place again, by docs/API.md's backoff.
@@ -261,7 +259,10 @@ async fn run_connection(shared: Arc<Shared>, k: u64, c: u64) -> Vec<User> {
                 next_join += 1;
                 let body = format!("{{\"user_id\":\"{}{}\"}}", args.user_prefix, mine[i]);
                 let path = format!("/api/v1/sales/{sale}/queue");
-                match conn.send(hyper::Method::POST, &path, Some(body), None).await {
+                match conn
+                    .send(hyper::Method::POST, &path, Some(body), None)
+                    .await
+                {
                     Some(a) if a.status == 202 || a.status == 200 => {
                         users[i].joined_as = a.body["queue_size"].as_u64().unwrap_or(0);
                         users[i].pre = a.body["position"].is_null();
@@ -401,7 +402,11 @@ fn summarize(
     users: &[User],
 ) -> QueueReport {
     let joined: Vec<&User> = users.iter().filter(|u| u.joined_as > 0).collect();
-    let admitted: Vec<&User> = joined.iter().copied().filter(|u| u.admitted_at.is_some()).collect();
+    let admitted: Vec<&User> = joined
+        .iter()
+        .copied()
+        .filter(|u| u.admitted_at.is_some())
+        .collect();
     let status = |s: u16| users.iter().filter(|u| u.bought == Some(s)).count() as u64;
     let polls: u64 = users.iter().map(|u| u64::from(u.polls)).sum();
     // The rate, from the exact admission instants.
@@ -436,7 +441,10 @@ fn summarize(
     let corr = |v: &[&User], pre: bool| {
         let v: Vec<&&User> = v.iter().filter(|u| u.pre == pre).collect();
         let a: Vec<f64> = v.iter().map(|u| u.joined_as as f64).collect();
-        let b: Vec<f64> = v.iter().map(|u| u.admitted_at.unwrap_or(0) as f64).collect();
+        let b: Vec<f64> = v
+            .iter()
+            .map(|u| u.admitted_at.unwrap_or(0) as f64)
+            .collect();
         spearman(&a, &b)
     };
     let mut waits: Vec<f64> = admitted.iter().filter_map(|u| u.waited_s).collect();

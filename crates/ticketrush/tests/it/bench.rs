@@ -263,3 +263,46 @@ async fn users_answered_429_retry_after_retry_after() {
     assert_eq!(node.client.counts("b6").await.1, r.succeeded);
     node.stop().await;
 }
+
+/// `bench --queue` through a real waiting room: everyone admitted in line order at the set
+/// rate, the pre-queue shuffled, exactly the stock bought, nobody refused; the report's counts
+/// equal the sale's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_queue_goes_through_the_waiting_room() {
+    let node = TestNode::start().await;
+    let opens = ticketrush_core::UnixMs(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            + 1_500,
+    );
+    let created = node
+        .client
+        .create_sale(
+            "bq",
+            250,
+            json!({"opens_at": opens.to_rfc3339(), "queue": {"admit_per_second": 200}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let mut args = args_for(&node, "bq", 400);
+    args.connections = 40;
+    args.queue = true;
+    let r = ticketrush_bench::queue::run(args).await.unwrap();
+    assert!(r.passed(), "{r}");
+    assert_eq!((r.joined, r.admitted), (400, 400), "{r}");
+    assert_eq!((r.bought, r.sold_out), (250, 150), "{r}");
+    assert_eq!(r.out_of_order, 0);
+    assert!((r.admit_rate_measured - 200.0).abs() < 2.0, "{r}");
+    if r.joined_before_opening >= 100 {
+        let c = r.pre_queue_rank_correlation.unwrap();
+        assert!(c.abs() < 0.5, "the pre-queue was not shuffled: {r}");
+    }
+    if r.joined - r.joined_before_opening >= 3 {
+        assert!(r.later_rank_correlation.unwrap() > 0.99, "{r}");
+    }
+    assert!(r.wait_s[0] <= r.wait_s[1] && r.wait_s[1] <= r.wait_s[2] && r.wait_s[2] <= r.wait_s[3]);
+    assert_eq!(node.client.counts("bq").await, (0, 250, 0, 250));
+    node.stop().await;
+}

@@ -538,7 +538,12 @@ async fn waitlist_scenario(sale: &str, clients: &[Client], time: &Time) {
 async fn the_waitlist_on_the_embedded_store() {
     let clock = ManualClock::starting_now();
     let node = TestNode::start_with_clock(config("wl-embedded"), clock.clone()).await;
-    waitlist_scenario("wl", std::slice::from_ref(&node.client), &Time::Manual(clock)).await;
+    waitlist_scenario(
+        "wl",
+        std::slice::from_ref(&node.client),
+        &Time::Manual(clock),
+    )
+    .await;
     node.stop().await;
 }
 
