@@ -8,7 +8,10 @@
 //! - a `sold_out` answered from a node's memory happens only while the pool is empty, or within
 //!   one recheck after a ticket came back (the only window a node can be behind the store);
 //! - each answer matches a small shadow model of limits and idempotency keys;
-//! - the journal replays to the same state.
+//! - the journal replays to the same state;
+//! - with buyers joining and leaving the waitlist: a freed ticket goes to the first waiting
+//!   buyer (never to the pool while anyone waits), offers follow arrival order, and the
+//!   waitlist's refusals (`not_sold_out`, `limit_reached`) are true.
 
 use std::collections::HashMap;
 
@@ -17,7 +20,7 @@ use proptest::sample::Index;
 use ticketrush_core::{
     Admit, Event, IdempotencyKey, Ledger, LedgerError, Reservation, ReservationId,
     ReservationState, ReserveItem, ReserveOutcome, SaleId, SaleSpec, SaleView, SoldOutGate, UnixMs,
-    UserId,
+    UserId, WaitState, WaitlistId,
 };
 
 const NODES: usize = 4;
@@ -70,6 +73,14 @@ enum Op {
     Restart,
     /// The store compacts its journal: the history is replaced by the state as records.
     Compact,
+    /// A buyer asks to join the waitlist.
+    Wait {
+        user: usize,
+    },
+    /// A waitlisted buyer leaves it.
+    Withdraw {
+        pick: Index,
+    },
 }
 
 fn params() -> impl Strategy<Value = Params> {
@@ -100,6 +111,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => node.prop_map(|node| Op::Die { node }),
         1 => Just(Op::Restart),
         1 => Just(Op::Compact),
+        2 => (0..USERS).prop_map(|user| Op::Wait { user }),
+        1 => any::<Index>().prop_map(|pick| Op::Withdraw { pick }),
     ]
 }
 
@@ -117,6 +130,8 @@ struct World {
     next_id: u64,
     idem: HashMap<(usize, usize), ReservationId>,
     sold_out_from_memory: u64,
+    /// Waitlist entries in arrival order, with their user.
+    waitlist: Vec<(WaitlistId, usize)>,
 }
 
 fn user(i: usize) -> UserId {
@@ -169,6 +184,7 @@ impl World {
             next_id: 0,
             idem: HashMap::new(),
             sold_out_from_memory: 0,
+            waitlist: Vec::new(),
         }
     }
 
@@ -305,6 +321,75 @@ impl World {
         }
     }
 
+    /// Joins user `u` to the waitlist and checks the answer against the state before it.
+    fn wait(&mut self, u: usize) {
+        let available = self.view().available;
+        let holds = self.holds(u);
+        let waiting_already = self.waitlist.iter().find(|(id, w)| {
+            *w == u
+                && self
+                    .ledger
+                    .waitlist_entry(&self.sale, id)
+                    .unwrap()
+                    .unwrap()
+                    .state
+                    == WaitState::Waiting
+        });
+        let waiting_already = waiting_already.map(|(id, _)| id.clone());
+        let id = WaitlistId::parse(&format!("w{}", self.waitlist.len())).unwrap();
+        let mut out = Vec::new();
+        match self
+            .ledger
+            .waitlist_join(&self.sale, id.clone(), user(u), self.now, &mut out)
+        {
+            Ok((e, false)) => assert_eq!(Some(e.waitlist_id), waiting_already),
+            Ok((e, true)) => {
+                assert!(waiting_already.is_none());
+                assert_eq!(available, 0, "joined the waitlist with tickets in the pool");
+                assert!(holds < self.p.limit);
+                assert_eq!(e.state, WaitState::Waiting);
+                self.waitlist.push((id, u));
+            }
+            Err(LedgerError::NotSoldOut) => assert!(available > 0),
+            Err(LedgerError::LimitReached) => assert!(holds >= self.p.limit),
+            Err(e) => panic!("unexpected waitlist refusal {e}"),
+        }
+        self.log.append(&mut out);
+    }
+
+    /// Offers recorded since `before` are reservations like any other (to pay or cancel), made
+    /// for waiting entries in arrival order: none waits ahead of an offered or skipped one.
+    fn check_waitlist(&mut self, before: usize) {
+        for e in &self.log[before..] {
+            if let Event::WaitlistOffered {
+                reservation,
+                waitlist_id,
+            } = e
+            {
+                let u = self
+                    .waitlist
+                    .iter()
+                    .find(|(id, _)| id == waitlist_id)
+                    .map(|(_, u)| *u)
+                    .expect("an offer to a known entry");
+                assert_eq!(reservation.user_id, user(u));
+                self.made.push((reservation.id.clone(), u));
+            }
+        }
+        let mut moved_on = false;
+        for (id, _) in self.waitlist.iter().rev() {
+            let e = self.ledger.waitlist_entry(&self.sale, id).unwrap().unwrap();
+            if e.state == WaitState::Offered {
+                moved_on = true;
+            } else if e.state == WaitState::Waiting {
+                assert!(
+                    !moved_on,
+                    "{id:?} still waits behind an entry already offered"
+                );
+            }
+        }
+    }
+
     fn step(&mut self, op: &Op) {
         let before = self.log.len();
         let mut out = Vec::new();
@@ -354,6 +439,18 @@ impl World {
                 self.log.append(&mut out);
             }
             Op::Die { node } => self.gates[*node] = SoldOutGate::default(),
+            Op::Wait { user } => self.wait(*user),
+            Op::Withdraw { pick } => {
+                if !self.waitlist.is_empty() {
+                    let (id, u) = pick.get(&self.waitlist).clone();
+                    let e = self
+                        .ledger
+                        .waitlist_withdraw(&self.sale, &id, &user(u), self.now, &mut out)
+                        .unwrap();
+                    assert_ne!(e.state, WaitState::Waiting);
+                    self.log.append(&mut out);
+                }
+            }
             Op::Compact => {
                 let snap = self.ledger.snapshot_events();
                 assert_eq!(snap.len(), self.ledger.records());
@@ -374,6 +471,7 @@ impl World {
             }
         }
         self.note_returns(before);
+        self.check_waitlist(before);
         self.ledger.check_invariants().unwrap();
         let v = self.view();
         assert_eq!(v.available + v.reserved + v.paid, self.p.total);
