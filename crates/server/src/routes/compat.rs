@@ -77,7 +77,9 @@ pub async fn buy_ticket(
             "no sale_id given and the server has no default sale (serve --sale ID:TOTAL)",
         );
     };
-    let admission = headers.get("admission-token").map(|v| v.as_bytes());
+    let admission = headers
+        .get(&super::reservations::ADMISSION_TOKEN)
+        .map(|v| v.as_bytes());
     match node.reserve(&sale, user, None, admission).await {
         Ok(Reserved::Created(r) | Reserved::Replayed(r)) => json(
             StatusCode::OK,

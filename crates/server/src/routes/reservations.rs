@@ -88,7 +88,7 @@ pub async fn reserve(
                 &sale_id,
                 user_id,
                 key,
-                parts.headers.get("admission-token").map(|v| v.as_bytes()),
+                parts.headers.get(&ADMISSION_TOKEN).map(|v| v.as_bytes()),
             )
             .await
         {
@@ -105,8 +105,14 @@ pub async fn reserve(
     resp
 }
 
+/// Header names as constants: looking one up by a `&str` parses and hashes the name first.
+static IDEMPOTENCY_KEY: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("idempotency-key");
+pub(crate) static ADMISSION_TOKEN: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("admission-token");
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
+    let Some(v) = headers.get(&IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let s = v.to_str().map_err(|_| {
