@@ -114,7 +114,7 @@ pub async fn drain_unread(req: Request, next: Next) -> Response {
 /// than any handler reads. A body within `BODY_BYTES_MAX` arrives with its headers and hyper
 /// reads what a handler left of it; not tracking those keeps the reservation path free of
 /// this layer's cost.
-fn may_outlast_handler(headers: &HeaderMap) -> bool {
+pub(crate) fn may_outlast_handler(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)

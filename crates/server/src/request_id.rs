@@ -47,11 +47,19 @@ pub fn usable(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= REQUEST_ID_LEN_MAX && b.iter().all(|c| (0x21..=0x7e).contains(c))
 }
 
+/// What the node's middleware needs: the node (for the hot path) and its `X-Node-Id`.
+#[derive(Clone)]
+pub struct Layer {
+    pub node: std::sync::Arc<crate::node::Node>,
+    pub node_id: HeaderValue,
+}
+
 /// The node's one middleware around every route (one, because each layer costs a boxed future
 /// and more per request: a separate `X-Node-Id` layer cost about 1,800 instructions): the
-/// request id (see the module doc), the body drain of `body::drain_unread`, and the node's
-/// `X-Node-Id` on every answer.
-pub async fn layer(State(node_id): State<HeaderValue>, req: Request, next: Next) -> Response {
+/// request id (see the module doc), the reservation hot path (`reservations::hot_path`: a
+/// body within the limit, answered without the router), the body drain of
+/// `body::drain_unread` for everything else, and the node's `X-Node-Id` on every answer.
+pub async fn layer(State(state): State<Layer>, req: Request, next: Next) -> Response {
     let id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if usable(v) => v.clone(),
         _ => new_request_id(),
@@ -59,7 +67,14 @@ pub async fn layer(State(node_id): State<HeaderValue>, req: Request, next: Next)
     let method = req.method().clone();
     // A reference count, not a copy: the path is only read if the answer is an error.
     let uri = req.uri().clone();
-    let mut resp = crate::body::drain_unread(req, next).await;
+    let hot = crate::routes::reservations::hot_path(&req)
+        .filter(|_| !crate::body::may_outlast_handler(req.headers()))
+        .map(str::to_owned);
+    let mut resp = match hot {
+        Some(sale) => crate::routes::reservations::reserve_at(&state.node, Ok(sale), req).await,
+        None => crate::body::drain_unread(req, next).await,
+    };
+    let node_id = state.node_id;
     if resp.status().is_server_error() {
         log_error(&id, &method, uri.path(), resp.status().as_u16());
     }

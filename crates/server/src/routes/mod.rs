@@ -7,7 +7,7 @@
 mod compat;
 mod lines;
 mod ops;
-mod reservations;
+pub(crate) mod reservations;
 mod sales;
 
 use std::sync::Arc;
@@ -74,7 +74,10 @@ pub fn app(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
-            node_id,
+            crate::request_id::Layer {
+                node: node.clone(),
+                node_id,
+            },
             crate::request_id::layer,
         ));
     router.with_state(node)

@@ -71,14 +71,40 @@ pub async fn reserve(
     sale_id: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
+    reserve_at(&node, segment(sale_id), req).await
+}
+
+/// The path of a reservation, recognised without the router: `POST
+/// /api/v1/sales/{sale_id}/reservations` whose segment needs no decoding. The node's middleware
+/// answers it by `reserve_at` directly, sparing the hot path the router's matching, its
+/// parameter map and its boxed route future (about 2,000 instructions a request); anything
+/// else goes through the router as before.
+pub(crate) fn hot_path(req: &Request) -> Option<&str> {
+    if req.method() != axum::http::Method::POST {
+        return None;
+    }
+    let sale = req
+        .uri()
+        .path()
+        .strip_prefix("/api/v1/sales/")?
+        .strip_suffix("/reservations")?;
+    (!sale.is_empty() && !sale.contains(['/', '%'])).then_some(sale)
+}
+
+/// `reserve` for a sale id segment already taken from the path.
+pub(crate) async fn reserve_at(
+    node: &std::sync::Arc<crate::node::Node>,
+    sale_id: Result<String, ApiError>,
+    req: Request,
+) -> Response {
     let started = Instant::now();
     // The request is taken whole (not a `HeaderMap` extractor, which clones every header).
     let (parts, body) = req.into_parts();
     let result = async {
-        let sale_id = SaleId::parse(&segment(sale_id)?)?;
+        let sale_id = SaleId::parse(&sale_id?)?;
         let key = idempotency_key(&parts.headers)?;
         let req: UserBody = read_json(&parts.headers, body).await?;
-        let user = req.acting(&node, &parts.headers)?;
+        let user = req.acting(node, &parts.headers)?;
         Ok::<_, ApiError>((sale_id, key, user))
     }
     .await;
