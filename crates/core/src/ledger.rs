@@ -344,24 +344,40 @@ impl Ledger {
                 due.push((sale_id.clone(), id.clone()));
             }
         }
+        // Each expiry may also record an offer to the waitlist: the pass stops at `max` events
+        // too, so one pass never records more than its caller made room for.
+        let start = out.len();
+        let mut expired = 0;
         for (sale_id, id) in &due {
+            if out.len() - start >= max {
+                break;
+            }
             self.record_expiry(sale_id, id, now, out);
+            expired += 1;
         }
-        due.len()
+        expired
     }
 
     /// Takes back every (legacy) lease past its deadline, returning its unsold tickets to the pool.
     pub fn reclaim_lapsed(&mut self, now: UnixMs, out: &mut Vec<Event>) -> usize {
-        self.reclaim_where(|l| l.deadline <= now, out)
+        self.reclaim_where(|l| l.deadline <= now, Some(now), out)
     }
 
     /// Takes back every (legacy) lease. The embedded store calls this when it opens: a journal
     /// of the first version may hold leases, and the process that held them is gone.
     pub fn reclaim_all(&mut self, out: &mut Vec<Event>) -> usize {
-        self.reclaim_where(|_| true, out)
+        self.reclaim_where(|_| true, None, out)
     }
 
-    fn reclaim_where(&mut self, pred: impl Fn(&Lease) -> bool, out: &mut Vec<Event>) -> usize {
+    /// Takes back the leases `pred` picks; with `now`, their tickets go to the waitlist first
+    /// (without, at the store's opening, nobody can be waiting: a waitlist entry needs an
+    /// empty pool and no lease).
+    fn reclaim_where(
+        &mut self,
+        pred: impl Fn(&Lease) -> bool,
+        now: Option<UnixMs>,
+        out: &mut Vec<Event>,
+    ) -> usize {
         let mut lapsed: Vec<(SaleId, LeaseId, u64)> = Vec::new();
         for (sale_id, book) in &self.books {
             for (id, l) in &book.leases {
@@ -379,8 +395,7 @@ impl Ledger {
                 closed: true,
             };
             self.record(ev, out);
-            // No timestamp in a legacy return; the offer's hold runs from the lease's end.
-            if let Some(now) = out.iter().rev().find_map(event_time) {
+            if let Some(now) = now {
                 self.offer_freed(sale_id, now, out);
             }
         }
@@ -725,11 +740,16 @@ impl Ledger {
                 at,
             } => {
                 let book = self.books.get_mut(sale_id).ok_or_else(|| err("no sale"))?;
-                if book.spec.queue.is_none() || book.queue.contains(queue_id) {
-                    return Err(err("queue entry exists or the sale has no queue"));
+                let Some(q) = &book.spec.queue else {
+                    return Err(err("the sale has no queue"));
+                };
+                if book.queue.contains(queue_id) {
+                    return Err(err("queue entry exists"));
                 }
-                let pre = *at < book.spec.opens_at;
-                book.queue.join(queue_id.clone(), user_id.clone(), pre);
+                let opens = book.spec.opens_at;
+                let floor = (*at >= opens).then(|| q.admitted_through(opens, *at));
+                book.queue
+                    .join(queue_id.clone(), user_id.clone(), *at, floor);
             }
             Event::WaitlistJoined {
                 sale_id,
@@ -741,6 +761,9 @@ impl Ledger {
                 let book = self.books.get_mut(sale_id).ok_or_else(|| err("no sale"))?;
                 if book.waitlist.contains(waitlist_id) {
                     return Err(err("waitlist entry exists"));
+                }
+                if offer_id_checked(waitlist_id, sale_id).is_none() {
+                    return Err(err("a waitlist id too long to name its offer"));
                 }
                 book.waitlist
                     .push(waitlist_id.clone(), user_id.clone(), *state);
@@ -754,7 +777,7 @@ impl Ledger {
                     .waitlist
                     .head()
                     .is_some_and(|(head, user)| head == waitlist_id && user == &r.user_id)
-                    && r.id == offer_id(waitlist_id, &r.sale_id)
+                    && Some(&r.id) == offer_id_checked(waitlist_id, &r.sale_id).as_ref()
                     && r.state == ReservationState::Reserved;
                 if !fits {
                     return Err(err("the offer is not for the waitlist's first entry"));
@@ -896,16 +919,11 @@ impl Ledger {
             reservation: r.clone(),
             idempotency_key: keys.get(&r.id).map(|k| (*k).clone()),
         }));
-        // The lines, in their order; the queue's pre-queue entries are marked by a time before
-        // the opening, later arrivals by the opening itself (their order is the events').
+        // The lines, in their order, with the times they were joined at (a later arrival's
+        // rank follows from its time and the ranks before it).
         for b in &books {
             let sale_id = &b.spec.id;
-            for (queue_id, user_id, pre) in b.queue.joins() {
-                let at = if pre {
-                    b.spec.opens_at.plus_ms(-1)
-                } else {
-                    b.spec.opens_at
-                };
+            for (queue_id, user_id, at) in b.queue.joins() {
                 out.push(Event::QueueJoined {
                     sale_id: sale_id.clone(),
                     queue_id,
@@ -1026,16 +1044,13 @@ fn new_book(spec: SaleSpec) -> Book {
     }
 }
 
-fn event_time(ev: &Event) -> Option<UnixMs> {
-    match ev {
-        Event::Paid { at, .. } | Event::Cancelled { at, .. } | Event::Expired { at, .. } => {
-            Some(*at)
-        }
-        _ => None,
-    }
+/// The reservation a waitlist entry's offer becomes: `WAITLIST_ID.SALE_ID`, one per entry.
+fn offer_id_checked(waitlist_id: &WaitlistId, sale_id: &SaleId) -> Option<ReservationId> {
+    ReservationId::parse(&format!("{waitlist_id}.{sale_id}")).ok()
 }
 
-/// The reservation a waitlist entry's offer becomes: `WAITLIST_ID.SALE_ID`, one per entry.
+/// The reservation a waitlist entry's offer becomes (for an entry the ledger accepted: its id
+/// fits; see `waitlist_join`).
 pub fn offer_id(waitlist_id: &WaitlistId, sale_id: &SaleId) -> ReservationId {
     ReservationId::parse(&format!("{waitlist_id}.{sale_id}"))
         .expect("a waitlist id and a sale id make a reservation id")
@@ -1839,7 +1854,13 @@ mod tests {
             .queue_join(&sid(), qid("qn"), user("b"), late, &mut ev)
             .unwrap();
         assert!(new);
-        assert_eq!(e.rank, Some(5));
+        // Not behind the old line (long admitted) but at the place being admitted now: at once.
+        let q = crate::QueueSpec {
+            admit_per_second: 2,
+            secret: String::new(),
+        };
+        assert_eq!(e.rank, Some(q.admitted_through(T0, late)));
+        assert!(q.admitted_at(T0, e.rank.unwrap()) <= late);
         // A sale without a queue has none.
         let mut f = setup(1, 1);
         assert_eq!(

@@ -9,7 +9,11 @@
 //! buyer who joins later goes behind all of them, in arrival order. Place `rank` (from 1) is
 //! admitted at a time that depends only on the rank and the sale's rate
 //! ([`QueueSpec::admitted_at`](crate::QueueSpec::admitted_at)), so admission needs no process
-//! and every node computes the same answer from the store's clock.
+//! and every node computes the same answer from the store's clock. A later arrival's rank is
+//! the one after the last given out, but never one whose time has already passed
+//! (`QueueSpec::admitted_through` at the join): when the line has drained, the newcomer is
+//! admitted at once, and admissions that went unused while nobody waited are not saved up
+//! into a burst.
 //!
 //! The waitlist. Entries wait in arrival order; a ticket freed by a cancel or an expiry
 //! becomes a reservation for the first waiting entry, in the same step that frees it.
@@ -18,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::UnixMs;
 use crate::ids::{QueueId, UserId, WaitlistId};
 
 /// Most entries one sale's queue holds (each costs the store ~150 bytes; see BENCHMARKS.md).
@@ -73,8 +78,10 @@ pub struct WaitlistEntry {
 #[derive(Debug, Clone)]
 struct QSlot {
     user: UserId,
-    /// Later arrivals: their arrival number (from 0). Pre-queue: `None`.
-    seq: Option<u64>,
+    /// When it joined (a compacted journal keeps it: later arrivals' ranks follow from it).
+    at: UnixMs,
+    /// Later arrivals: their rank, given at the join. Pre-queue: `None`.
+    later: Option<u64>,
     /// Pre-queue: the place drawn at the opening (0 before).
     drawn: u64,
 }
@@ -86,7 +93,8 @@ pub struct Queue {
     by_user: HashMap<UserId, QueueId>,
     pre: Vec<QueueId>,
     drawn: bool,
-    later: u64,
+    /// The last rank given to a later arrival (0: none yet).
+    last: u64,
 }
 
 impl Queue {
@@ -107,24 +115,30 @@ impl Queue {
         self.by_user.get(user)
     }
 
-    /// Adds an entry: to the pre-queue, or behind everyone.
-    pub fn join(&mut self, id: QueueId, user: UserId, pre: bool) {
-        let seq = if pre {
-            self.pre.push(id.clone());
-            // A pre-queue entry after a draw (only a replay across a clock step back can do
-            // that): draw again when next asked.
-            self.drawn = false;
-            None
-        } else {
-            self.later += 1;
-            Some(self.later - 1)
+    /// Adds an entry to the pre-queue (`floor` is `None`), or behind everyone: the rank after
+    /// the last one given, and at least `floor` (the rank being admitted at the join).
+    pub fn join(&mut self, id: QueueId, user: UserId, at: UnixMs, floor: Option<u64>) {
+        let later = match floor {
+            None => {
+                self.pre.push(id.clone());
+                // A pre-queue entry after a draw (only a replay across a clock step back can
+                // do that): draw again when next asked.
+                self.drawn = false;
+                None
+            }
+            Some(floor) => {
+                let rank = (self.last.max(self.pre.len() as u64) + 1).max(floor);
+                self.last = rank;
+                Some(rank)
+            }
         };
         self.by_user.insert(user.clone(), id.clone());
         self.entries.insert(
             id,
             QSlot {
                 user,
-                seq,
+                at,
+                later,
                 drawn: 0,
             },
         );
@@ -148,8 +162,8 @@ impl Queue {
     /// An entry, its place in line known once `opened` (the caller draws first).
     pub fn entry(&self, id: &QueueId, opened: bool) -> Option<QueueEntry> {
         let slot = self.entries.get(id)?;
-        let rank = match slot.seq {
-            Some(seq) => Some(self.pre.len() as u64 + seq + 1),
+        let rank = match slot.later {
+            Some(rank) => Some(rank),
             None if opened && self.drawn => Some(slot.drawn),
             None => None,
         };
@@ -161,24 +175,26 @@ impl Queue {
         })
     }
 
-    /// Every entry as (id, user, pre-queue?), pre-queue first, then later arrivals in order:
-    /// joining them again in this order rebuilds the same queue (a compacted journal).
-    pub fn joins(&self) -> Vec<(QueueId, UserId, bool)> {
+    /// Every entry as (id, user, joined at), pre-queue first, then later arrivals in order:
+    /// joining them again in this order, at those times, rebuilds the same queue (a compacted
+    /// journal).
+    pub fn joins(&self) -> Vec<(QueueId, UserId, UnixMs)> {
         let mut later: Vec<(u64, &QueueId, &QSlot)> = Vec::new();
         let mut out = Vec::with_capacity(self.entries.len());
         for id in &self.pre {
-            out.push((id.clone(), self.entries[id].user.clone(), true));
+            let slot = &self.entries[id];
+            out.push((id.clone(), slot.user.clone(), slot.at));
         }
         for (id, slot) in &self.entries {
-            if let Some(seq) = slot.seq {
-                later.push((seq, id, slot));
+            if let Some(rank) = slot.later {
+                later.push((rank, id, slot));
             }
         }
-        later.sort_unstable_by_key(|(seq, _, _)| *seq);
+        later.sort_unstable_by_key(|(rank, _, _)| *rank);
         out.extend(
             later
                 .into_iter()
-                .map(|(_, id, s)| (id.clone(), s.user.clone(), false)),
+                .map(|(_, id, s)| (id.clone(), s.user.clone(), s.at)),
         );
         out
     }
@@ -335,11 +351,11 @@ mod tests {
     fn the_pre_queue_is_ordered_by_id_and_later_arrivals_follow_in_order() {
         let mut line = Queue::default();
         for (id, user) in [("m", "a"), ("c", "b"), ("x", "c")] {
-            line.join(q(id), u(user), true);
+            line.join(q(id), u(user), UnixMs(1), None);
         }
         assert_eq!(line.entry(&q("m"), false).unwrap().rank, None);
-        line.join(q("a"), u("d"), false);
-        line.join(q("b"), u("e"), false);
+        line.join(q("a"), u("d"), UnixMs(2), Some(1));
+        line.join(q("b"), u("e"), UnixMs(3), Some(1));
         line.draw();
         let rank = |id| line.entry(&q(id), true).unwrap().rank.unwrap();
         assert_eq!(
@@ -349,13 +365,19 @@ mod tests {
         assert_eq!(line.of_user(&u("e")), Some(&q("b")));
         // Joining the listed entries again rebuilds the same ranks.
         let mut again = Queue::default();
-        for (id, user, pre) in line.joins() {
-            again.join(id, user, pre);
+        for (id, user, at) in line.joins() {
+            let floor = (at.0 >= 2).then_some(1);
+            again.join(id, user, at, floor);
         }
         again.draw();
         for id in ["c", "m", "x", "a", "b"] {
             assert_eq!(again.entry(&q(id), true), line.entry(&q(id), true));
         }
+        // A newcomer after the line drained takes the rank being admitted, not the next one.
+        line.join(q("n"), u("f"), UnixMs(4), Some(40));
+        line.join(q("o"), u("g"), UnixMs(4), Some(40));
+        let rank = |id| line.entry(&q(id), true).unwrap().rank.unwrap();
+        assert_eq!((rank("n"), rank("o")), (40, 41));
     }
 
     #[test]

@@ -11,15 +11,16 @@
 --   5 res       hash: reservation id -> "state created_ms expires_ms paid_ms updated_ms user"
 --   6 due       zset: reservation id scored by expires_ms, for holds still reserved
 --   7 events    stream: one entry per state change, for the order writer
---   8 queue     hash: 'q:' .. queue id -> "user seq" (seq: the later arrival's number from 0,
---               or 'P' in the pre-queue); 'u:' .. user -> the user's latest queue id
+--   8 queue     hash: 'q:' .. queue id -> "user rank" (a later arrival's rank, given at its
+--               join, or 'P' in the pre-queue); 'u:' .. user -> the user's latest queue id
 --   9 qpre      zset: the pre-queue, every member scored 0, so it sorts by queue id (random:
 --               the shuffle at the opening); frozen once the sale opens
 --  10 wl        hash: 'w:' .. waitlist id -> "state seq user"; 'u:' .. user -> latest entry
 --  11 wlq       zset: waiting entries scored by seq (arrival order)
 --
 -- The sale hash also keeps opens_ms and admit (admit_per_second; absent without a queue),
--- qlater (later arrivals so far) and wlseq (waitlist entries so far).
+-- qlater (later arrivals so far), qlast (the last rank given to one) and wlseq (waitlist
+-- entries so far).
 --
 -- Every script answers a table whose first element is 'OK' or 'E' (then an error code), so
 -- refusals by the rules are data, not Redis errors. Numbers travel as decimal strings.
@@ -194,6 +195,14 @@ local function admitted_at(opens, rate, rank)
   return opens + math.ceil((rank - 1) * 1000 / rate)
 end
 
+-- The ranks admitted by now (QueueSpec::admitted_through).
+local function admitted_through(opens, rate, now)
+  if now < opens then
+    return 0
+  end
+  return math.floor((now - opens) * rate / 1000) + 1
+end
+
 -- A queue entry: found, its user, its place (nil in the pre-queue before the opening).
 local function queue_rank(id, now, opens)
   local v = redis.call('HGET', K_QUEUE, 'q:' .. id)
@@ -207,7 +216,7 @@ local function queue_rank(id, now, opens)
     end
     return true, u, redis.call('ZRANK', K_QPRE, id) + 1
   end
-  return true, u, redis.call('ZCARD', K_QPRE) + tonumber(seq) + 1
+  return true, u, tonumber(seq)
 end
 
 local function queue_size()

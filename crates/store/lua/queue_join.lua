@@ -26,8 +26,14 @@ if now < opens then
   redis.call('HSET', K_QUEUE, 'q:' .. qid, user .. ' P')
   redis.call('ZADD', K_QPRE, 0, qid)
 else
-  local seq = redis.call('HINCRBY', K_SALE, 'qlater', 1) - 1
-  redis.call('HSET', K_QUEUE, 'q:' .. qid, user .. ' ' .. fmt(seq))
+  -- Behind the last place given, but never at a place whose time has passed: after the line
+  -- drained, a newcomer is admitted at once and unused admissions do not add up to a burst.
+  local last = math.max(tonumber(redis.call('HGET', K_SALE, 'qlast') or '0'),
+    redis.call('ZCARD', K_QPRE))
+  local rank = math.max(last + 1, admitted_through(opens, rate, now))
+  redis.call('HSET', K_SALE, 'qlast', fmt(rank))
+  redis.call('HINCRBY', K_SALE, 'qlater', 1)
+  redis.call('HSET', K_QUEUE, 'q:' .. qid, user .. ' ' .. fmt(rank))
 end
 redis.call('HSET', K_QUEUE, 'u:' .. user, qid)
 local _, _, rank = queue_rank(qid, now, opens)

@@ -26,7 +26,7 @@ use ticketrush_testkit::{config, TempDir, TestNode};
 const OTHERS: usize = 19;
 /// The sale opens this long after it is created: time to start Chromium (slow on a loaded
 /// machine) and for the page to show its countdown and join before the opening.
-const OPENS_IN_MS: i64 = 4_000;
+const OPENS_IN_MS: i64 = 6_000;
 /// Attempts (each with a new sale) at a draw that leaves the page's buyer people to wait for.
 const ATTEMPTS: usize = 4;
 /// No new attempt begins later than this after the test started (keeps the test under a minute).

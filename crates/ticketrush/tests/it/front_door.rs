@@ -284,10 +284,49 @@ async fn queue_scenario(sale: &str, clients: &[Client], time: &Time) {
     };
     let secs = (b_at.0 - a_at.0) as f64 / 1000.0;
     let measured = (b_n - a_n) as f64 / secs;
-    assert!(secs >= 9.9, "{secs}");
+    // Each mark is taken after a sweep, so it may come a sweep late; the rate is over the
+    // interval actually measured.
+    assert!(secs >= 9.0, "{secs}");
     assert!(
         (measured - RATE as f64).abs() <= 0.03 * RATE as f64,
         "admitted {measured:.2}/s, not {RATE}/s ({a_n} at {a_at:?}, {b_n} at {b_at:?})"
+    );
+
+    // The line has drained. Newcomers are admitted at the rate from now on, not in a burst of
+    // the admissions nobody used while the line was empty.
+    let t_first = time.now();
+    let mut fresh = Vec::new();
+    for i in 0..30 {
+        let a = clients[i % clients.len()]
+            .join_queue(sale, &format!("late-{i}"))
+            .await;
+        assert_eq!(a.status, 202, "{a:?}");
+        fresh.push(a.body["queue_id"].as_str().unwrap().to_string());
+    }
+    let admitted_now = |elapsed: i64, n: usize| {
+        assert!(
+            n as i64 <= 2 + RATE as i64 * elapsed / 1000,
+            "{n} of 30 newcomers admitted {elapsed} ms after they came: a burst"
+        );
+    };
+    let count = |fresh: Vec<String>| async move {
+        let mut n = 0;
+        for (k, id) in fresh.iter().enumerate() {
+            if clients[k % clients.len()].queue_entry(sale, id).await.body["admitted"] == true {
+                n += 1;
+            }
+        }
+        n
+    };
+    let n0 = count(fresh.clone()).await;
+    admitted_now(time.now().0 - t_first.0, n0);
+    assert!(n0 >= 1, "the first newcomer after a drained line waits");
+    time.pass(1_000).await;
+    let n1 = count(fresh.clone()).await;
+    admitted_now(time.now().0 - t_first.0, n1);
+    assert!(
+        n1 as u64 >= RATE - 2,
+        "{n1} newcomers admitted after a second at {RATE}/s"
     );
 
     // Reserving: the token of this user only.
@@ -306,6 +345,12 @@ async fn queue_scenario(sale: &str, clients: &[Client], time: &Time) {
             Some(t) => c1.reserve_admitted(sale, &first.user, t).await,
         };
         assert_eq!((a.status, a.error()), (403, "not_admitted"), "{why}: {a:?}");
+        if why.contains("forged") || why.contains("another") {
+            assert!(
+                a.body["message"].as_str().unwrap().contains("not issued"),
+                "{why}: {a:?}"
+            );
+        }
     }
     let bought = c1.reserve_admitted(sale, &first.user, &own).await;
     assert_eq!(bought.status, 201, "{bought:?}");
@@ -317,12 +362,13 @@ async fn queue_scenario(sale: &str, clients: &[Client], time: &Time) {
     );
 }
 
-/// The token with its signature's last character changed.
+/// The token with a character in the middle of its signature changed (still valid base64).
 fn forge(token: &str) -> String {
-    let mut t = token.to_string();
-    let last = t.pop().unwrap();
-    t.push(if last == 'A' { 'B' } else { 'A' });
-    t
+    let (expiry, tag) = token.split_once('.').unwrap();
+    let mut tag: Vec<char> = tag.chars().collect();
+    let mid = tag.len() / 2;
+    tag[mid] = if tag[mid] == 'A' { 'B' } else { 'A' };
+    format!("{expiry}.{}", tag.into_iter().collect::<String>())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,6 +401,11 @@ async fn the_waiting_room_on_the_embedded_store() {
     let rejoined = node.client.join_queue(sale, "post-5").await;
     assert_eq!(rejoined.status, 202, "{rejoined:?}");
     assert_ne!(rejoined.body["queue_id"], a.body["queue_id"]);
+    // Nobody waits any more: the new place is admitted at once, with a token that works.
+    assert_eq!(rejoined.body["admitted"], true, "{rejoined:?}");
+    let token = rejoined.body["admission_token"].as_str().unwrap();
+    let bought = node.client.reserve_admitted(sale, "post-5", token).await;
+    assert_eq!(bought.status, 201, "{bought:?}");
     node.stop().await;
 }
 
@@ -441,7 +492,7 @@ async fn waitlist_state(c: &Client, sale: &str, id: &str, state: &str) -> serde_
 async fn waitlist_scenario(sale: &str, clients: &[Client], time: &Time) {
     let c0 = &clients[0];
     let created = c0
-        .create_sale(sale, 2, json!({"hold_seconds": 5, "per_user_limit": 1}))
+        .create_sale(sale, 2, json!({"hold_seconds": 8, "per_user_limit": 1}))
         .await;
     assert_eq!(created.status, 201, "{created:?}");
     let a = c0.reserve(sale, "a").await;
@@ -468,8 +519,8 @@ async fn waitlist_scenario(sale: &str, clients: &[Client], time: &Time) {
         (200, Some(ids[1].as_str()))
     );
     let b_due = UnixMs::parse_rfc3339(b.body["expires_at"].as_str().unwrap()).unwrap();
-    // x's hold, made at the cancel, will fall due 2 s after b's.
-    time.pass(2_000).await;
+    // x's hold, made at the cancel, will fall due 4 s after b's.
+    time.pass(4_000).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (won, rush) = hammer(clients, sale, &stop);
@@ -491,7 +542,7 @@ async fn waitlist_scenario(sale: &str, clients: &[Client], time: &Time) {
         (y.body["state"].as_str(), y.body["position"].as_u64()),
         (Some("waiting"), Some(1))
     );
-    // An expiry (b's hold of 5 s): y holds the ticket.
+    // An expiry (b's hold of 8 s): y holds the ticket.
     time.until(b_due.plus_ms(100)).await;
     let y = waitlist_state(&clients[1 % clients.len()], sale, &ids[1], "offered").await;
     let rid_y = y["reservation_id"].as_str().unwrap();
