@@ -5,8 +5,9 @@
 #      instructions per request under callgrind (one worker, one keep-alive connection,
 #      SMALL and LARGE polls, the difference over the difference), and requests per second
 #      with wrk (THREADS threads, CONNS connections, SECONDS each) against the ceiling's;
-#   2. memory per queued user: the node's RSS before and after JOINS joins (wrk posting new
-#      users to a sale that opens in an hour: all in the pre-queue);
+#   2. memory per queued user: the node's RSS before and after JOINS_SECONDS of joins (wrk
+#      posting new users to a sale that opens after them: all in the pre-queue), then the
+#      first poll after the opening, which draws the pre-queue's order;
 #   3. `ticketrush bench --queue`: USERS users through a room admitting RATE a second, opening
 #      OPEN_IN seconds after it is created (so the rush straddles the opening).
 #   bench/queue.sh [BIN]          (default: this tree's release build; needs valgrind and wrk)
@@ -20,9 +21,9 @@ THREADS=${THREADS:-1}
 CONNS=${CONNS:-50}
 SECONDS_EACH=${SECONDS_EACH:-10}
 JOINS_SECONDS=${JOINS_SECONDS:-30}
-USERS=${USERS:-20000}
+USERS=${USERS:-40000}
 RATE=${RATE:-2000}
-OPEN_IN=${OPEN_IN:-4}
+OPEN_IN=${OPEN_IN:-1}
 URL="http://127.0.0.1:$PORT"
 OUT=$(mktemp -d)
 trap 'stop_jobs; rm -rf "$OUT"' EXIT
@@ -40,7 +41,7 @@ start_node() {
 # Creates a queued sale q opening in $1 seconds, admitting $2 a second; prints nothing.
 queued_sale() {
   local opens
-  opens=$(date -u -d "+$1 seconds" +%Y-%m-%dT%H:%M:%SZ)
+  opens=$(python3 -c "import datetime as d,sys; t=d.datetime.now(d.timezone.utc)+d.timedelta(seconds=float(sys.argv[1])); print(t.strftime('%Y-%m-%dT%H:%M:%S.')+'%03dZ' % (t.microsecond // 1000))" "$1")
   curl -sf -XPOST "$URL/api/v1/sales" -H 'authorization: Bearer b' -H 'content-type: application/json' \
     -d "{\"id\":\"q\",\"total\":1000000,\"opens_at\":\"$opens\",\"queue\":{\"admit_per_second\":$2}}" >/dev/null
 }
@@ -99,7 +100,8 @@ echo "  p99: ceiling $(wrk_p99 "$OUT/wrk-ceiling.txt"), poll $(wrk_p99 "$OUT/wrk
 
 echo "== 2. memory per queued user"
 start_node "$BIN" "${SERVE[@]}"
-queued_sale 3600 100
+queued_sale $((JOINS_SECONDS + 15)) 100
+opened=$(( $(date +%s) + JOINS_SECONDS + 15 ))
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$NODE/status"; }
 before=$(rss)
 cat >"$OUT/join.lua" <<'EOF'
@@ -117,6 +119,9 @@ after=$(rss)
 echo "joins: $(wrk_rps "$OUT/wrk-join.txt")/s durable (wrk -t1 -c64, p99 $(wrk_p99 "$OUT/wrk-join.txt"))"
 awk -v b="$before" -v a="$after" -v n="$size" \
   'BEGIN { printf "queued %d users: RSS %d -> %d KiB, %.0f bytes per queued user\n", n, b, a, (a - b) * 1024 / n }'
+qid=$(join u1)
+while [ "$(date +%s)" -le "$opened" ]; do sleep 0.2; done
+echo "first poll after the opening (draws the pre-queue's order): $(curl -s -o /dev/null -w '%{time_total}' "$URL/api/v1/sales/q/queue/$qid") s; the next: $(curl -s -o /dev/null -w '%{time_total}' "$URL/api/v1/sales/q/queue/$qid") s"
 stop "$NODE"
 
 echo "== 3. bench --queue: $USERS users, $RATE admitted a second, opening in $OPEN_IN s"

@@ -565,8 +565,9 @@ impl Ledger {
     /// Tickets in the pool go to the waitlist, first waiting entry first, each as a hold in
     /// that buyer's name; a buyer already at the limit is taken out of line instead. Called in
     /// the same step as every change that frees a ticket, so a freed ticket never sits in the
-    /// pool while someone waits.
-    fn offer_freed(&mut self, sale_id: &SaleId, now: UnixMs, out: &mut Vec<Event>) {
+    /// pool while someone waits. Public for the journal's salvage, which settles holds from
+    /// the orders table and must hand their tickets on the same way.
+    pub fn offer_freed(&mut self, sale_id: &SaleId, now: UnixMs, out: &mut Vec<Event>) {
         loop {
             let Some(book) = self.books.get(sale_id) else {
                 return;

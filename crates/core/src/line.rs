@@ -18,7 +18,7 @@
 //! The waitlist. Entries wait in arrival order; a ticket freed by a cancel or an expiry
 //! becomes a reservation for the first waiting entry, in the same step that frees it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,8 +82,6 @@ struct QSlot {
     at: UnixMs,
     /// Later arrivals: their rank, given at the join. Pre-queue: `None`.
     later: Option<u64>,
-    /// Pre-queue: the place drawn at the opening (0 before).
-    drawn: u64,
 }
 
 /// One sale's waiting-room queue.
@@ -91,7 +89,12 @@ struct QSlot {
 pub struct Queue {
     entries: HashMap<QueueId, QSlot>,
     by_user: HashMap<UserId, QueueId>,
-    pre: Vec<QueueId>,
+    /// The pre-queue, kept in id order as it fills (a join costs a few comparisons), so the
+    /// draw at the opening is a walk, not a sort under the store's lock.
+    pre: BTreeSet<QueueId>,
+    /// The pre-queue in order once drawn (empty before): a place is its index, found by
+    /// binary search.
+    order: Vec<QueueId>,
     drawn: bool,
     /// The last rank given to a later arrival (0: none yet).
     last: u64,
@@ -120,7 +123,7 @@ impl Queue {
     pub fn join(&mut self, id: QueueId, user: UserId, at: UnixMs, floor: Option<u64>) {
         let later = match floor {
             None => {
-                self.pre.push(id.clone());
+                self.pre.insert(id.clone());
                 // A pre-queue entry after a draw (only a replay across a clock step back can
                 // do that): draw again when next asked.
                 self.drawn = false;
@@ -133,29 +136,16 @@ impl Queue {
             }
         };
         self.by_user.insert(user.clone(), id.clone());
-        self.entries.insert(
-            id,
-            QSlot {
-                user,
-                at,
-                later,
-                drawn: 0,
-            },
-        );
+        self.entries.insert(id, QSlot { user, at, later });
     }
 
-    /// Orders the pre-queue by id (the shuffle) and numbers its places. Done once, at the first
-    /// question after the opening; cheap to call again.
+    /// Fixes the pre-queue's order (by id: the shuffle). Done once, at the first question
+    /// after the opening; cheap to call again.
     pub fn draw(&mut self) {
         if self.drawn {
             return;
         }
-        self.pre.sort_unstable();
-        for (i, id) in self.pre.iter().enumerate() {
-            if let Some(slot) = self.entries.get_mut(id) {
-                slot.drawn = i as u64 + 1;
-            }
-        }
+        self.order = self.pre.iter().cloned().collect();
         self.drawn = true;
     }
 
@@ -164,7 +154,7 @@ impl Queue {
         let slot = self.entries.get(id)?;
         let rank = match slot.later {
             Some(rank) => Some(rank),
-            None if opened && self.drawn => Some(slot.drawn),
+            None if opened && self.drawn => self.order.binary_search(id).ok().map(|i| i as u64 + 1),
             None => None,
         };
         Some(QueueEntry {

@@ -199,9 +199,19 @@ pub fn salvage(dir: &Path, install: bool) -> Result<Salvage, String> {
         ledger.apply(&ev).map(|()| out.push(ev))
     };
     // Reservations only the table has: re-create them where the damage was.
-    let later = states_in(&after);
+    // (Only an event that creates a reservation counts: one whose creation was lost and whose
+    // payment survived after the damage is re-created here, and the payment then applies.)
+    let created_later: std::collections::HashSet<&ReservationId> = after
+        .iter()
+        .filter_map(|e| match e {
+            Event::Reserved { reservation, .. }
+            | Event::Restored { reservation, .. }
+            | Event::WaitlistOffered { reservation, .. } => Some(&reservation.id),
+            _ => None,
+        })
+        .collect();
     for row in &rows {
-        if ledger.reservation(&row.id).is_some() || later.contains_key(&row.id) {
+        if ledger.reservation(&row.id).is_some() || created_later.contains(&row.id) {
             continue;
         }
         let reservation = Reservation {
@@ -210,12 +220,40 @@ pub fn salvage(dir: &Path, install: bool) -> Result<Salvage, String> {
             updated_at: row.created_at,
             ..row.clone()
         };
-        let ev = Event::Reserved {
-            reservation,
+        // A waitlist offer (`WAITLIST_ID.SALE_ID`) whose entry still waits is re-created as the
+        // offer it was, so the entry is not offered a second ticket.
+        let offered = row
+            .id
+            .as_str()
+            .split_once('.')
+            .and_then(|(w, _)| ticketrush_core::WaitlistId::parse(w).ok())
+            .filter(|w| {
+                ledger
+                    .waitlist_entry(&row.sale_id, w)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.state == ticketrush_core::WaitState::Waiting)
+            });
+        let plain = Event::Reserved {
+            reservation: reservation.clone(),
             lease: 0,
             idempotency_key: None,
         };
-        match record(&mut ledger, &mut out, ev) {
+        let result = match offered {
+            // Not at the head of the line any more (the history around it is lost): the
+            // acknowledged hold is kept as a plain one rather than dropped.
+            Some(waitlist_id) => record(
+                &mut ledger,
+                &mut out,
+                Event::WaitlistOffered {
+                    waitlist_id,
+                    reservation,
+                },
+            )
+            .or_else(|_| record(&mut ledger, &mut out, plain)),
+            None => record(&mut ledger, &mut out, plain),
+        };
+        match result {
             Ok(()) => report.recreated.push(row.id.clone()),
             Err(e) => report.unrecoverable.push(format!("{}: {e}", row.id)),
         }
@@ -223,6 +261,44 @@ pub fn salvage(dir: &Path, install: bool) -> Result<Salvage, String> {
     for ev in after {
         match record(&mut ledger, &mut out, ev.clone()) {
             Ok(()) => report.kept_after += 1,
+            // An offer whose waitlist entry (or the offer before it) was in the damaged
+            // stretch: the acknowledged hold is kept as a plain one rather than dropped.
+            Err(_) if matches!(ev, Event::WaitlistOffered { .. }) => {
+                let Event::WaitlistOffered {
+                    reservation,
+                    waitlist_id,
+                } = &ev
+                else {
+                    unreachable!()
+                };
+                let plain = Event::Reserved {
+                    reservation: reservation.clone(),
+                    lease: 0,
+                    idempotency_key: None,
+                };
+                match record(&mut ledger, &mut out, plain) {
+                    Ok(()) => {
+                        report.kept_after += 1;
+                        // Its entry, if it survived, no longer waits: its buyer holds the ticket.
+                        let sale_id = reservation.sale_id.clone();
+                        let waiting = ledger
+                            .waitlist_entry(&sale_id, waitlist_id)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|e| e.state == ticketrush_core::WaitState::Waiting);
+                        if waiting {
+                            let at = reservation.created_at;
+                            let withdrawn = Event::WaitlistWithdrawn {
+                                sale_id,
+                                waitlist_id: waitlist_id.clone(),
+                                at,
+                            };
+                            let _ = record(&mut ledger, &mut out, withdrawn);
+                        }
+                    }
+                    Err(e) => report.dropped.push(format!("{ev:?}: {e}")),
+                }
+            }
             Err(e) => report.dropped.push(format!("{ev:?}: {e}")),
         }
     }
@@ -244,10 +320,28 @@ pub fn salvage(dir: &Path, install: bool) -> Result<Salvage, String> {
             ReservationState::Cancelled => Event::Cancelled { sale_id, id, at },
             _ => Event::Expired { sale_id, id, at },
         };
+        let freed = !matches!(ev, Event::Paid { .. });
         match record(&mut ledger, &mut out, ev) {
-            Ok(()) => report.settled_from_table.push(row.id.clone()),
+            Ok(()) => {
+                report.settled_from_table.push(row.id.clone());
+                // A freed ticket goes to the waitlist, as the ledger's own settles do.
+                if freed {
+                    ledger.offer_freed(&row.sale_id, at, &mut out);
+                }
+            }
             Err(e) => report.unrecoverable.push(format!("{}: {e}", row.id)),
         }
+    }
+    // A ticket freed in the history kept after the damage, whose offer was lost with it (its
+    // waiting entry was in the damaged stretch), goes to whoever waits now, as it would have;
+    // the hold runs from now.
+    let now = ticketrush_core::UnixMs(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    );
+    for sale in ledger.sales() {
+        ledger.offer_freed(&sale.spec.id, now, &mut out);
     }
     ledger
         .check_invariants()
