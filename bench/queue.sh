@@ -11,6 +11,8 @@
 #   3. `ticketrush bench --queue`: USERS users through a room admitting RATE a second, opening
 #      OPEN_IN seconds after it is created (so the rush straddles the opening).
 #   bench/queue.sh [BIN]          (default: this tree's release build; needs valgrind and wrk)
+#   PARTS="1" ROUNDS=5 bench/queue.sh   (which parts; wrk rounds of part 1, ceiling and poll
+#                                        alternated, the median ratio reported)
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 BIN=${1:-$(release_bin)}
@@ -24,6 +26,9 @@ JOINS_SECONDS=${JOINS_SECONDS:-30}
 USERS=${USERS:-40000}
 RATE=${RATE:-2000}
 OPEN_IN=${OPEN_IN:-1}
+PARTS=${PARTS:-1 2 3}
+ROUNDS=${ROUNDS:-3}
+part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 URL="http://127.0.0.1:$PORT"
 OUT=$(mktemp -d)
 trap 'stop_jobs; rm -rf "$OUT"' EXIT
@@ -63,6 +68,7 @@ EOF
 }
 SERVE=(serve --data-dir "$OUT/data" --admin-token b --log warn --drain-seconds 0)
 
+if part 1; then
 echo "== 1. a position poll against the ceiling"
 # Instructions the server executed for N requests of CASE (ceiling or poll).
 instructions() { # instructions CASE N
@@ -85,19 +91,25 @@ for c in ceiling poll; do
   awk -v a="$a" -v b="$b" -v n=$((LARGE - SMALL)) -v c="$c" \
     'BEGIN { printf "%-8s %8.0f instructions per request (callgrind, one worker)\n", c, (b - a) / n }'
 done
-start_node "$BIN" ceiling
-wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_EACH}s" --latency "$URL/anything" >"$OUT/wrk-ceiling.txt"
-stop "$NODE"
-start_node "$BIN" "${SERVE[@]}"
-queued_sale 3600 100
-qid=$(join u1)
-wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_EACH}s" --latency "$URL/api/v1/sales/q/queue/$qid" >"$OUT/wrk-poll.txt"
-stop "$NODE"
-c=$(wrk_rps "$OUT/wrk-ceiling.txt"); p=$(wrk_rps "$OUT/wrk-poll.txt")
-awk -v c="$c" -v p="$p" -v t="$THREADS" -v k="$CONNS" \
-  'BEGIN { printf "wrk -t%d -c%d: ceiling %.0f/s, poll %.0f/s: %.2f of the ceiling\n", t, k, c, p, p / c }'
-echo "  p99: ceiling $(wrk_p99 "$OUT/wrk-ceiling.txt"), poll $(wrk_p99 "$OUT/wrk-poll.txt")"
+for r in $(seq "$ROUNDS"); do
+  start_node "$BIN" ceiling
+  wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_EACH}s" --latency "$URL/anything" >"$OUT/wrk-ceiling.txt"
+  stop "$NODE"
+  start_node "$BIN" "${SERVE[@]}"
+  queued_sale 3600 100
+  qid=$(join u1)
+  wrk -t"$THREADS" -c"$CONNS" -d"${SECONDS_EACH}s" --latency "$URL/api/v1/sales/q/queue/$qid" >"$OUT/wrk-poll.txt"
+  stop "$NODE"
+  c=$(wrk_rps "$OUT/wrk-ceiling.txt"); p=$(wrk_rps "$OUT/wrk-poll.txt")
+  awk -v c="$c" -v p="$p" -v t="$THREADS" -v k="$CONNS" -v r="$r" \
+    'BEGIN { printf "round %d, wrk -t%d -c%d: ceiling %.0f/s, poll %.0f/s: %.2f of the ceiling\n", r, t, k, c, p, p / c }'
+  echo "  p99: ceiling $(wrk_p99 "$OUT/wrk-ceiling.txt"), poll $(wrk_p99 "$OUT/wrk-poll.txt")"
+  awk -v c="$c" -v p="$p" 'BEGIN { print p / c }' >>"$OUT/ratios"
+done
+echo "median of $ROUNDS rounds: $(median <"$OUT/ratios") of the ceiling"
+fi
 
+if part 2; then
 echo "== 2. memory per queued user"
 start_node "$BIN" "${SERVE[@]}"
 queued_sale $((JOINS_SECONDS + 15)) 100
@@ -124,9 +136,13 @@ while [ "$(date +%s)" -le "$opened" ]; do sleep 0.2; done
 echo "first poll after the opening (draws the pre-queue's order): $(curl -s -o /dev/null -w '%{time_total}' "$URL/api/v1/sales/q/queue/$qid") s; the next: $(curl -s -o /dev/null -w '%{time_total}' "$URL/api/v1/sales/q/queue/$qid") s"
 stop "$NODE"
 
+fi
+
+if part 3; then
 echo "== 3. bench --queue: $USERS users, $RATE admitted a second, opening in $OPEN_IN s"
 start_node "$BIN" "${SERVE[@]}"
 queued_sale "$OPEN_IN" "$RATE"
 "$BIN" bench --queue --target "$URL" --sale q --users "$USERS" --connections 200 --max-seconds 120 \
   --json "$OUT/queue.json" || true
 stop "$NODE"
+fi

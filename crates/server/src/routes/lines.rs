@@ -139,7 +139,10 @@ fn new_waitlist_id() -> WaitlistId {
         (status = 202, description = "In line (a new place)", body = QueueBody),
         (status = 200, description = "This user's place, already in line (or admitted and within its window)", body = QueueBody),
         (status = 400, description = "A malformed body or id (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "With proven users: no valid bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "With proven users: a `user_id` that is not the token's (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such sale (`sale_not_found`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`invalid_request`)", body = ErrorBody),
         (status = 409, description = "The sale has no waiting room (`no_queue`) or its queue is full (`line_full`)", body = ErrorBody),
         (status = 413, description = "A body over 4 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
@@ -249,7 +252,10 @@ impl WaitlistBody {
         (status = 201, description = "On the waitlist", body = WaitlistBody),
         (status = 200, description = "This user's place, already waiting", body = WaitlistBody),
         (status = 400, description = "A malformed body or id (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "With proven users: no valid bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "With proven users: a `user_id` that is not the token's (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such sale (`sale_not_found`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`invalid_request`)", body = ErrorBody),
         (status = 409, description = "Tickets are available (`not_sold_out`), the user holds as many as the sale allows (`limit_reached`), or the waitlist is full (`line_full`)", body = ErrorBody),
         (status = 413, description = "A body over 4 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
@@ -320,8 +326,10 @@ pub async fn waitlist_get(
     responses(
         (status = 200, description = "The place, now withdrawn (or offered, if it already was)", body = WaitlistBody),
         (status = 400, description = "A malformed body or id (`invalid_request`)", body = ErrorBody),
-        (status = 403, description = "The place is another user's (`forbidden`)", body = ErrorBody),
+        (status = 401, description = "With proven users: no valid bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The place is another user's, or with proven users a `user_id` that is not the token's (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such sale (`sale_not_found`) or place (`waitlist_entry_not_found`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`invalid_request`)", body = ErrorBody),
         (status = 413, description = "A body over 4 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 503, description = "The store is unavailable (`unavailable`)", body = ErrorBody)
     )
