@@ -29,6 +29,19 @@ pub struct UserBody {
 }
 
 impl UserBody {
+    /// The body exactly as nearly every client sends it, `{"user_id":"ID"}` with no spaces and
+    /// an id of the id alphabet (so no escapes), read without serde (about 1,000 instructions
+    /// less a reservation). Anything else, valid or not, is left to serde and its messages.
+    pub(crate) fn fast(bytes: &[u8]) -> Option<UserBody> {
+        let id = bytes
+            .strip_prefix(b"{\"user_id\":\"")?
+            .strip_suffix(b"\"}")?;
+        let id = std::str::from_utf8(id).ok()?;
+        Some(UserBody {
+            user_id: Some(UserId::parse(id).ok()?),
+        })
+    }
+
     /// The user this request acts for (see `auth::acting_user`).
     pub(crate) fn acting(
         self,
@@ -103,7 +116,8 @@ pub(crate) async fn reserve_at(
     let result = async {
         let sale_id = SaleId::parse(&sale_id?)?;
         let key = idempotency_key(&parts.headers)?;
-        let req: UserBody = read_json(&parts.headers, body).await?;
+        let req: UserBody =
+            crate::body::read_json_with(&parts.headers, body, UserBody::fast).await?;
         let user = req.acting(node, &parts.headers)?;
         Ok::<_, ApiError>((sale_id, key, user))
     }
@@ -258,4 +272,37 @@ pub async fn cancel(
     // A cancelled ticket is back in the pool: this node stops answering sold_out from memory.
     node.tickets_returned(Some(&r.sale_id));
     Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UserBody;
+
+    /// The hand-written reader takes only the exact form, and reads it as serde does.
+    #[test]
+    fn the_fast_body_reader_agrees_with_serde() {
+        for body in [
+            r#"{"user_id":"u-42"}"#,
+            r#"{"user_id":"A.b_c:d-9"}"#,
+            r#"{ "user_id": "u1" }"#,
+            r#"{"user_id":"u\u0031"}"#,
+            r#"{"user_id":""}"#,
+            r#"{"user_id":"has space"}"#,
+            r#"{"user_id":"x","extra":1}"#,
+            r#"{"user_id":"a"}}"#,
+            r#"{"user_id":null}"#,
+        ] {
+            let fast = UserBody::fast(body.as_bytes()).map(|b| b.user_id);
+            let serde = serde_json::from_str::<UserBody>(body)
+                .ok()
+                .map(|b| b.user_id);
+            if let Some(f) = fast {
+                assert_eq!(Some(f), serde, "{body}");
+            }
+        }
+        assert!(UserBody::fast(br#"{"user_id":"u-42"}"#).is_some());
+        assert!(UserBody::fast(br#"{"user_id":"has space"}"#).is_none());
+        assert!(UserBody::fast(br#"{"user_id":"x","extra":1}"#).is_none());
+        assert!(UserBody::fast(&[b'x'; 100]).is_none());
+    }
 }
