@@ -54,10 +54,10 @@ pub struct Layer {
     pub node_id: HeaderValue,
 }
 
-/// The node's one middleware around every route (one, because each layer costs a boxed future
-/// and more per request: a separate `X-Node-Id` layer cost about 1,800 instructions): the
-/// request id (see the module doc), the reservation hot path (`reservations::hot_path`: a
-/// body within the limit, answered without the router), the body drain of
+/// The node's one middleware, around the whole router (one, because each layer costs a boxed
+/// future and more per request: a separate `X-Node-Id` layer cost about 1,800 instructions):
+/// the request id (see the module doc), the reservation hot path (`reservations::hot_path`: a
+/// body within the limit, answered before any routing), the router with the body drain of
 /// `body::drain_unread` for everything else, and the node's `X-Node-Id` on every answer.
 pub async fn layer(State(state): State<Layer>, req: Request, next: Next) -> Response {
     let id = match req.headers().get(&X_REQUEST_ID) {

@@ -73,14 +73,17 @@ pub fn app(node: Arc<Node>) -> Router {
     let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            crate::request_id::Layer {
-                node: node.clone(),
-                node_id,
-            },
+        .with_state(node.clone());
+    // The middleware wraps the whole router (not each route), so the reservation hot path is
+    // answered before any routing.
+    let wrapped = tower::Layer::layer(
+        &axum::middleware::from_fn_with_state(
+            crate::request_id::Layer { node, node_id },
             crate::request_id::layer,
-        ));
-    router.with_state(node)
+        ),
+        router,
+    );
+    Router::new().fallback_service(wrapped)
 }
 
 /// The benchmark ceiling: the same HTTP stack (hyper, axum's router, the accept loop)
