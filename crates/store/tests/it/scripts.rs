@@ -1,6 +1,7 @@
 //! The Lua scripts through `RedisStore`, against a real `redis-server` started by each test:
 //! the stock model's edge cases as cluster mode runs them (the last ticket, limits,
-//! idempotency, payment and expiry, first-version leases, the largest batch, a re-sent batch).
+//! idempotency, payment and expiry, first-version leases, the largest batch, a re-sent batch),
+//! and the waitlist's scripts decided side by side with the embedded ledger.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -332,4 +333,177 @@ async fn scripts_answer_a_resent_batch_without_taking_again() {
         .await
         .unwrap();
     assert!(matches!(more.outcomes[0], ReserveOutcome::Reserved(_)));
+}
+
+// ----- the waitlist: the Lua scripts against the ledger -----
+
+/// One answer, with times left out (the two stores read different clocks).
+fn shape(r: &Result<ticketrush_store::WaitlistAnswer, StoreError>) -> String {
+    match r {
+        Ok(a) => format!(
+            "{} {:?} {:?} {}",
+            a.entry.user_id, a.entry.state, a.entry.position, a.created
+        ),
+        Err(e) => format!("{e}"),
+    }
+}
+
+fn settled(r: &Result<ticketrush_core::Reservation, StoreError>) -> String {
+    match r {
+        Ok(r) => format!("{} {}", r.user_id, r.state.as_str()),
+        Err(e) => format!("{e}"),
+    }
+}
+
+/// The same random mix of reservations, cancels, payments, waitlist joins and withdrawals, and
+/// one round of expiries, on the embedded store (the ledger) and on Redis (the Lua scripts):
+/// every answer and the final state agree, offers included. Deterministic (a fixed LCG).
+#[tokio::test]
+async fn the_waitlist_scripts_decide_as_the_ledger_does() {
+    use ticketrush_core::WaitlistId;
+    let redis = RedisServer::start();
+    let r = store(&redis).await;
+    let dir = ticketrush_testkit::TempDir::new("wl-parity");
+    let clock = ticketrush_store::ManualClock::starting_now();
+    let (e, _) = ticketrush_store::EmbeddedStore::open(
+        &dir.0,
+        ticketrush_store::embedded::Options {
+            clock: Arc::new(clock.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let stores: [&dyn Store; 2] = [&e, r.as_ref()];
+    for s in stores {
+        s.create_sale(sale("wp", 6, 2, 1)).await.unwrap();
+    }
+    let sale_id = sid("wp");
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    let mut made: Vec<(ReservationId, String)> = Vec::new();
+    let mut waits: Vec<(WaitlistId, String)> = Vec::new();
+    let mut expiry_round_done = false;
+    for step in 0..400 {
+        let user = format!("u{}", next(9));
+        let op = next(10);
+        let answers: Vec<String> = match op {
+            0..=2 => {
+                let it = item("wp", step, &user, None);
+                let mut out = Vec::new();
+                for s in stores {
+                    let o = s.reserve_batch(&sale_id, vec![it.clone()]).await.unwrap();
+                    out.push(format!(
+                        "{} left {}",
+                        outcome_shape(&o.outcomes[0]),
+                        o.available
+                    ));
+                    if let ReserveOutcome::Reserved(_) = &o.outcomes[0] {
+                        if out.len() == 1 {
+                            made.push((it.id.clone(), user.clone()));
+                        }
+                    }
+                }
+                out
+            }
+            3 | 4 if !made.is_empty() => {
+                let (id, u) = made[next(made.len() as u64) as usize].clone();
+                let mut out = Vec::new();
+                for s in stores {
+                    let r = if op == 3 {
+                        s.cancel(&id, &UserId::parse(&u).unwrap()).await
+                    } else {
+                        s.pay(&id, &UserId::parse(&u).unwrap()).await
+                    };
+                    out.push(settled(&r));
+                }
+                out
+            }
+            5..=7 => {
+                let wid = WaitlistId::parse(&format!("w{step:025}")).unwrap();
+                let mut out = Vec::new();
+                for s in stores {
+                    let a = s
+                        .waitlist_join(&sale_id, wid.clone(), UserId::parse(&user).unwrap())
+                        .await;
+                    out.push(shape(&a));
+                    if let Ok(a) = &a {
+                        if a.created && out.len() == 1 {
+                            waits.push((wid.clone(), user.clone()));
+                        }
+                    }
+                }
+                out
+            }
+            8 if !waits.is_empty() => {
+                let (wid, u) = waits[next(waits.len() as u64) as usize].clone();
+                let mut out = Vec::new();
+                for s in stores {
+                    let w = s
+                        .waitlist_withdraw(&sale_id, &wid, &UserId::parse(&u).unwrap())
+                        .await
+                        .map(|entry| ticketrush_store::WaitlistAnswer {
+                            entry,
+                            created: false,
+                        });
+                    out.push(shape(&w));
+                }
+                out
+            }
+            9 if !expiry_round_done && step > 200 => {
+                // Every hold made so far falls due: 1.1 s on both clocks.
+                expiry_round_done = true;
+                tokio::time::sleep(Duration::from_millis(1_100)).await;
+                clock.advance(Duration::from_millis(1_100));
+                let mut out = Vec::new();
+                for s in stores {
+                    out.push(format!("{:?}", s.reap(10_000).await.unwrap().expired));
+                }
+                out
+            }
+            _ => continue,
+        };
+        assert_eq!(
+            answers[0], answers[1],
+            "step {step} (op {op}): ledger vs Lua"
+        );
+        // The offers: every waitlist place reads the same on both.
+        for (wid, _) in &waits {
+            let a = e.waitlist_entry(&sale_id, wid).await.unwrap();
+            let b = r.waitlist_entry(&sale_id, wid).await.unwrap();
+            assert_eq!(a, b, "step {step}: waitlist place {wid}");
+        }
+        let (va, vb) = (
+            e.sale(&sale_id).await.unwrap().unwrap(),
+            r.sale(&sale_id).await.unwrap().unwrap(),
+        );
+        assert_eq!(counts(&va), counts(&vb), "step {step}: counts");
+    }
+    assert!(expiry_round_done);
+    // The mix did exercise the waitlist: offers were made, and some places still wait.
+    let mut states = Vec::new();
+    for (wid, _) in &waits {
+        states.push(
+            e.waitlist_entry(&sale_id, wid)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+        );
+    }
+    assert!(
+        states.contains(&ticketrush_core::WaitState::Offered),
+        "no offer in the mix: {states:?}"
+    );
+}
+
+fn outcome_shape(o: &ReserveOutcome) -> String {
+    match o {
+        ReserveOutcome::Reserved(r) => format!("reserved {} {}", r.id, r.user_id),
+        ReserveOutcome::Replayed(r) => format!("replayed {}", r.id),
+        ReserveOutcome::LimitReached => "limit".into(),
+        ReserveOutcome::NoStock => "no stock".into(),
+    }
 }
