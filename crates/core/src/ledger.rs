@@ -748,7 +748,10 @@ impl Ledger {
                     return Err(err("queue entry exists"));
                 }
                 let opens = book.spec.opens_at;
-                let floor = (*at >= opens).then(|| q.admitted_through(opens, *at));
+                // Once a later arrival exists the pre-queue is closed, even if the clock
+                // stepped back across the opening: the line's order never changes again.
+                let pre = *at < opens && !book.queue.has_later();
+                let floor = (!pre).then(|| q.admitted_through(opens, *at));
                 book.queue
                     .join(queue_id.clone(), user_id.clone(), *at, floor);
             }
@@ -1838,13 +1841,18 @@ mod tests {
             [rank(&mut l, "qc"), rank(&mut l, "qm"), rank(&mut l, "qx")],
             [Some(1), Some(2), Some(3)]
         );
+        // A clock stepped back across the opening does not reopen the pre-queue.
+        let (back, _) = l
+            .queue_join(&sid(), qid("qb"), user("z"), at(-1), &mut ev)
+            .unwrap();
+        assert_eq!(back.rank, Some(5));
         // Replay and a compacted journal rebuild the same places.
         let mut replayed = Ledger::new();
         for e in &ev {
             replayed.apply(e).unwrap();
         }
         let mut compacted = rebuilt(&l);
-        for id in ["qc", "qm", "qx", "qa"] {
+        for id in ["qc", "qm", "qx", "qa", "qb"] {
             let want = rank(&mut l, id);
             assert_eq!(rank(&mut replayed, id), want);
             assert_eq!(rank(&mut compacted, id), want);
@@ -1856,6 +1864,7 @@ mod tests {
             .unwrap();
         assert!(new);
         // Not behind the old line (long admitted) but at the place being admitted now: at once.
+        // (Five places before it: qc, qm, qx, then qa and qb after the opening.)
         let q = crate::QueueSpec {
             admit_per_second: 2,
             secret: String::new(),

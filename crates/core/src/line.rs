@@ -118,6 +118,11 @@ impl Queue {
         self.by_user.get(user)
     }
 
+    /// Whether anyone joined after the opening (the pre-queue is then closed).
+    pub fn has_later(&self) -> bool {
+        self.last > 0
+    }
+
     /// Adds an entry to the pre-queue (`floor` is `None`), or behind everyone: the rank after
     /// the last one given, and at least `floor` (the rank being admitted at the join).
     pub fn join(&mut self, id: QueueId, user: UserId, at: UnixMs, floor: Option<u64>) {

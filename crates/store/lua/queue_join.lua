@@ -22,7 +22,9 @@ end
 if queue_size() >= max then
   return {'E', 'LINE_FULL'}
 end
-if now < opens then
+-- Once a later arrival exists the pre-queue is closed, even if the clock stepped back across
+-- the opening: the line's order never changes again.
+if now < opens and not redis.call('HGET', K_SALE, 'qlast') then
   redis.call('HSET', K_QUEUE, 'q:' .. qid, user .. ' P')
   redis.call('ZADD', K_QPRE, 0, qid)
 else
