@@ -567,6 +567,25 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::Unavailable("the journal writer has stopped".into()))
     }
 
+    /// Reads the ledger (no change) and answers once everything recorded before the read is
+    /// durable: what it shows is then acknowledged state (an idempotent replay, a place in a
+    /// line), never an event a crash could still take back.
+    fn read_durably<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut Ledger, UnixMs) -> Result<T, LedgerError>,
+    ) -> BoxFuture<'_, StoreResult<T>> {
+        let (answer, seq) = {
+            let mut st = self.lock();
+            let answer = read(&mut st.ledger, self.clock.now());
+            (answer, st.seq)
+        };
+        Box::pin(async move {
+            let answer = answer?;
+            self.durable(seq).await?;
+            Ok(answer)
+        })
+    }
+
     /// Like `mutate`, then waits for durability of whatever it recorded, also when the answer
     /// is a refusal (a pay that found the hold expired records the expiry).
     async fn mutate_durably<T>(
@@ -817,17 +836,7 @@ impl Store for EmbeddedStore {
         key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, StoreResult<Option<Reservation>>> {
         // The replay is an acknowledgement too: answer it only once what it shows is durable.
-        let (r, seq) = {
-            let st = self.lock();
-            (
-                st.ledger.find_idempotent(sale_id, user_id, key).cloned(),
-                st.seq,
-            )
-        };
-        Box::pin(async move {
-            self.durable(seq).await?;
-            Ok(r)
-        })
+        self.read_durably(move |l, _| Ok(l.find_idempotent(sale_id, user_id, key).cloned()))
     }
 
     fn reservation<'a>(
@@ -899,20 +908,13 @@ impl Store for EmbeddedStore {
         queue_id: &'a QueueId,
     ) -> BoxFuture<'a, StoreResult<Option<QueueAnswer>>> {
         // Shown only once the join it shows is durable, like an idempotent replay.
-        let now = self.clock.now();
-        let (answer, seq) = {
-            let mut st = self.lock();
-            let e = st.ledger.queue_entry(sale_id, queue_id, now);
-            (e, st.seq)
-        };
-        Box::pin(async move {
-            let entry = answer?;
-            self.durable(seq).await?;
-            Ok(entry.map(|entry| QueueAnswer {
-                entry,
-                created: false,
-                now,
-            }))
+        self.read_durably(move |l, now| {
+            Ok(l.queue_entry(sale_id, queue_id, now)?
+                .map(|entry| QueueAnswer {
+                    entry,
+                    created: false,
+                    now,
+                }))
         })
     }
 
@@ -933,15 +935,7 @@ impl Store for EmbeddedStore {
         sale_id: &'a SaleId,
         waitlist_id: &'a WaitlistId,
     ) -> BoxFuture<'a, StoreResult<Option<WaitlistEntry>>> {
-        let (answer, seq) = {
-            let st = self.lock();
-            (st.ledger.waitlist_entry(sale_id, waitlist_id), st.seq)
-        };
-        Box::pin(async move {
-            let entry = answer?;
-            self.durable(seq).await?;
-            Ok(entry)
-        })
+        self.read_durably(move |l, _| l.waitlist_entry(sale_id, waitlist_id))
     }
 
     fn waitlist_withdraw<'a>(

@@ -24,10 +24,10 @@ use crate::openapi::ErrorBody;
 
 /// A place in a sale's waiting room.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct QueueBody {
-    queue_id: String,
-    sale_id: String,
-    user_id: String,
+pub struct QueueBody<'a> {
+    queue_id: &'a str,
+    sale_id: &'a str,
+    user_id: &'a str,
     /// Places ahead in line, plus one (counts from 1 and only moves forward); 0 once admitted;
     /// null before the opening, when the pre-queue has not been shuffled yet.
     #[schema(nullable = true)]
@@ -50,14 +50,14 @@ pub struct QueueBody {
     expires_at: Option<String>,
 }
 
-impl QueueBody {
-    fn of(spec: &SaleSpec, a: &QueueAnswer) -> QueueBody {
+impl<'a> QueueBody<'a> {
+    fn of(spec: &'a SaleSpec, a: &'a QueueAnswer) -> QueueBody<'a> {
         let q = spec.queue.as_ref().expect("only a queued sale has entries");
         let (now, opens) = (a.now, spec.opens_at);
         let mut body = QueueBody {
-            queue_id: a.entry.queue_id.to_string(),
-            sale_id: spec.id.to_string(),
-            user_id: a.entry.user_id.to_string(),
+            queue_id: a.entry.queue_id.as_str(),
+            sale_id: spec.id.as_str(),
+            user_id: a.entry.user_id.as_str(),
             position: None,
             admitted: false,
             estimated_wait_seconds: 0,
@@ -98,24 +98,17 @@ impl QueueBody {
     }
 }
 
-/// Queue and waitlist ids are opaque: one that could not have been made does not exist.
-fn queue_id(
+/// A sale id and a place's id from the path. Place ids are opaque: one that could not have
+/// been made does not exist (`not_found`), like any unknown one.
+fn place_id<T>(
     p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(SaleId, QueueId), ApiError> {
+    parse: fn(&str) -> Result<T, ticketrush_core::IdError>,
+    not_found: fn() -> ApiError,
+) -> Result<(SaleId, T), ApiError> {
     let Path((sale, id)) =
         p.map_err(|_| ApiError::invalid("the path is not valid percent-encoded UTF-8"))?;
     let sale = SaleId::parse(&sale)?;
-    let id = QueueId::parse(&id).map_err(|_| ApiError::queue_entry_not_found())?;
-    Ok((sale, id))
-}
-
-fn waitlist_id(
-    p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(SaleId, WaitlistId), ApiError> {
-    let Path((sale, id)) =
-        p.map_err(|_| ApiError::invalid("the path is not valid percent-encoded UTF-8"))?;
-    let sale = SaleId::parse(&sale)?;
-    let id = WaitlistId::parse(&id).map_err(|_| ApiError::waitlist_entry_not_found())?;
+    let id = parse(&id).map_err(|_| not_found())?;
     Ok((sale, id))
 }
 
@@ -194,7 +187,7 @@ pub async fn queue_get(
     State(node): NodeState,
     ids: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let (sale_id, id) = queue_id(ids)?;
+    let (sale_id, id) = place_id(ids, QueueId::parse, ApiError::queue_entry_not_found)?;
     let rt = node.runtime(&sale_id).await?;
     if rt.spec.queue.is_none() {
         return Err(ApiError::queue_entry_not_found());
@@ -209,10 +202,10 @@ pub async fn queue_get(
 
 /// A place on a sale's waitlist.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct WaitlistBody {
-    waitlist_id: String,
-    sale_id: String,
-    user_id: String,
+pub struct WaitlistBody<'a> {
+    waitlist_id: &'a str,
+    sale_id: &'a str,
+    user_id: &'a str,
     /// Waiting entries ahead, plus one; null unless `waiting`.
     #[schema(nullable = true)]
     position: Option<u64>,
@@ -226,12 +219,12 @@ pub struct WaitlistBody {
     reservation_id: Option<String>,
 }
 
-impl WaitlistBody {
-    fn of(sale: &SaleId, e: &WaitlistEntry) -> WaitlistBody {
+impl<'a> WaitlistBody<'a> {
+    fn of(sale: &'a SaleId, e: &'a WaitlistEntry) -> WaitlistBody<'a> {
         WaitlistBody {
-            waitlist_id: e.waitlist_id.to_string(),
-            sale_id: sale.to_string(),
-            user_id: e.user_id.to_string(),
+            waitlist_id: e.waitlist_id.as_str(),
+            sale_id: sale.as_str(),
+            user_id: e.user_id.as_str(),
             position: e.position,
             state: e.state.as_str(),
             reservation_id: (e.state == ticketrush_core::WaitState::Offered)
@@ -302,7 +295,7 @@ pub async fn waitlist_get(
     State(node): NodeState,
     ids: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let (sale_id, id) = waitlist_id(ids)?;
+    let (sale_id, id) = place_id(ids, WaitlistId::parse, ApiError::waitlist_entry_not_found)?;
     node.runtime(&sale_id).await?;
     let e = node
         .store
@@ -340,7 +333,7 @@ pub async fn waitlist_withdraw(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (sale_id, id) = waitlist_id(ids)?;
+    let (sale_id, id) = place_id(ids, WaitlistId::parse, ApiError::waitlist_entry_not_found)?;
     let req: UserBody = read_json(&headers, body).await?;
     let user = req.acting(&node, &headers)?;
     node.runtime(&sale_id).await?;
@@ -417,17 +410,21 @@ mod tests {
     #[test]
     fn positions_count_down_to_admission_and_the_token_follows() {
         let s = spec(2);
-        let before = QueueBody::of(&s, &answer(None, 10, 90_000));
+        let a1 = answer(None, 10, 90_000);
+        let before = QueueBody::of(&s, &a1);
         assert_eq!((before.position, before.admitted), (None, false));
         // 10 s to the opening, then the 5th of 10 at 2/s: 2 s more.
         assert_eq!(before.estimated_wait_seconds, 12);
-        let waiting = QueueBody::of(&s, &answer(Some(7), 10, 100_000));
+        let a2 = answer(Some(7), 10, 100_000);
+        let waiting = QueueBody::of(&s, &a2);
         assert_eq!((waiting.position, waiting.admitted), (Some(6), false));
         assert_eq!(waiting.estimated_wait_seconds, 3);
         assert!(waiting.admission_token.is_none());
-        let later = QueueBody::of(&s, &answer(Some(7), 10, 101_000));
+        let a3 = answer(Some(7), 10, 101_000);
+        let later = QueueBody::of(&s, &a3);
         assert_eq!(later.position, Some(4));
-        let admitted = QueueBody::of(&s, &answer(Some(7), 10, 103_000));
+        let a4 = answer(Some(7), 10, 103_000);
+        let admitted = QueueBody::of(&s, &a4);
         assert_eq!((admitted.position, admitted.admitted), (Some(0), true));
         let token = admitted.admission_token.unwrap();
         let q = s.queue.as_ref().unwrap();
@@ -436,7 +433,8 @@ mod tests {
             crate::admission::verify(q, &s.id, &user, Some(token.as_bytes()), UnixMs(103_000))
                 .is_ok()
         );
-        let lapsed = QueueBody::of(&s, &answer(Some(7), 10, 103_000 + ADMISSION_WINDOW_MS));
+        let a5 = answer(Some(7), 10, 103_000 + ADMISSION_WINDOW_MS);
+        let lapsed = QueueBody::of(&s, &a5);
         assert!(lapsed.admitted && lapsed.admission_token.is_none());
     }
 }

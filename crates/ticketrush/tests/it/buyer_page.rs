@@ -10,7 +10,6 @@
 //! 250 ms: each poll of the page then costs real time, and the line moves while the page polls.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -18,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use ticketrush_core::UnixMs;
-use ticketrush_testkit::{config, TempDir, TestNode};
+use ticketrush_testkit::{config, TestNode};
 
 /// Buyers in the pre-queue besides the page's. The page's buyer is drawn uniformly among all of
 /// them at the opening; near the head of the line there is nothing to watch move (the first is
@@ -32,47 +31,9 @@ const ATTEMPTS: usize = 4;
 /// No new attempt begins later than this after the test started (keeps the test under a minute).
 const RETRY_WITHIN: Duration = Duration::from_secs(25);
 
-fn chromium() -> PathBuf {
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if std::path::Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    panic!("chromium is not installed: scripts/test installs it (apt-get install chromium)");
-}
-
-/// The DOM Chromium builds from `url` after the page's scripts ran for `budget` of virtual
-/// time (as `dashboard.rs` renders).
+/// The DOM Chromium builds from `url` after `budget` of virtual time (`dashboard.rs`'s).
 async fn render(url: &str, budget: Duration) -> String {
-    let profile = TempDir::new("chromium-buyer");
-    let out = tokio::time::timeout(
-        Duration::from_secs(50),
-        tokio::process::Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--window-size=1000,1100",
-                "--dump-dom",
-            ])
-            .arg(format!("--user-data-dir={}", profile.0.display()))
-            .arg(format!("--virtual-time-budget={}", budget.as_millis()))
-            .arg(url)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chromium finished within 50 s")
-    .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::dashboard::render(url, budget, None).await
 }
 
 /// A TCP proxy on a free loopback port in front of `to`: what the client sends goes on at

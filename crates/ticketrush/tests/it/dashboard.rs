@@ -25,7 +25,11 @@ fn chromium() -> PathBuf {
 
 /// The DOM Chromium builds from `url` after the page's scripts ran for `budget` of virtual
 /// time (its polls included). With `screenshot`, also a PNG of the page.
-async fn render(url: &str, budget: Duration, screenshot: Option<&std::path::Path>) -> String {
+pub(crate) async fn render(
+    url: &str,
+    budget: Duration,
+    screenshot: Option<&std::path::Path>,
+) -> String {
     let profile = TempDir::new("chromium");
     let mut cmd = tokio::process::Command::new(chromium());
     cmd.args([
