@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Frame, SizeHint};
@@ -97,9 +96,16 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// (up to `BODY_DRAIN_BYTES_MAX`, within `BODY_DRAIN_TIMEOUT`), so the client, still sending,
 /// gets the answer instead of a reset. Past the bounds, or when the client waits for
 /// `100 Continue`, the answer says `Connection: close` and nothing more is read.
-pub async fn drain_unread(req: Request, next: Next) -> Response {
+pub async fn drain_unread(req: Request, router: axum::Router) -> Response {
+    use tower::ServiceExt;
+    let run = |req: Request| async move {
+        match router.oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    };
     if !may_outlast_handler(req.headers()) {
-        return next.run(req).await;
+        return run(req).await;
     }
     let expects_continue = req
         .headers()
@@ -112,7 +118,7 @@ pub async fn drain_unread(req: Request, next: Next) -> Response {
             left: left.clone(),
         })
     });
-    let mut resp = next.run(req).await;
+    let mut resp = run(req).await;
     let unread = left.lock().expect("body slot lock").take();
     if let Some(body) = unread {
         if expects_continue || !discard(body).await {

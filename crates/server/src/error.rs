@@ -267,7 +267,9 @@ impl IntoResponse for ApiError {
         } else {
             bytes::Bytes::from(self.body())
         };
-        let mut resp = (self.status, body).into_response();
+        // Built directly: `(status, bytes).into_response()` set an octet-stream type first.
+        let mut resp = Response::new(axum::body::Body::from(body));
+        *resp.status_mut() = self.status;
         let headers = resp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

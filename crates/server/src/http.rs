@@ -12,6 +12,13 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,39 +34,33 @@ use crate::limits::{
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and gives open
 /// connections up to `SHUTDOWN_DRAIN` to finish their requests.
 pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
-    serve_with_grace(listener, app, shutdown, DRAIN_IDLE_GRACE).await;
+    let service = TowerToHyperService::new(app.into_service::<Incoming>());
+    serve_with_grace(listener, service, shutdown, DRAIN_IDLE_GRACE).await;
 }
 
-/// `serve`, keeping idle connections open for `idle_grace` after the listener closed (tests
-/// that stop many nodes pass zero: idle connections close at once, as before, and their
-/// pooled clients retry a request that met a closed connection before it was written).
-pub async fn serve_with_grace(
+/// `serve` for any hyper service (the node's is `request_id::NodeService`), keeping idle
+/// connections open for `idle_grace` after the listener closed (tests that stop many nodes pass
+/// zero: idle connections close at once, as before, and their pooled clients retry a request
+/// that met a closed connection before it was written).
+pub async fn serve_with_grace<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     shutdown: impl Future<Output = ()>,
     idle_grace: std::time::Duration,
-) {
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let graceful = GracefulShutdown::new();
     let draining = Arc::new(AtomicBool::new(false));
-    let app = {
-        let draining = draining.clone();
-        app.layer(axum::middleware::map_response(
-            move |mut r: axum::response::Response| {
-                let draining = draining.load(Ordering::Relaxed);
-                async move {
-                    if draining {
-                        r.headers_mut().insert(
-                            axum::http::header::CONNECTION,
-                            axum::http::HeaderValue::from_static("close"),
-                        );
-                    }
-                    r
-                }
-            },
-        ))
+    let service = Draining {
+        app,
+        draining: draining.clone(),
     };
-    let service = TowerToHyperService::new(app.into_service::<Incoming>());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -104,5 +105,53 @@ pub async fn serve_with_grace(
         .is_err()
     {
         tracing::warn!("connections still open after the drain time; closing them");
+    }
+}
+
+/// The accept loop's service: `app`, and `Connection: close` on every answer made once the
+/// drain began (checked as the answer is ready, so a request in progress when it began gets it
+/// too). A plain wrapper, not an axum `map_response` layer, which boxed a future per request.
+#[derive(Clone)]
+struct Draining<S> {
+    app: S,
+    draining: Arc<AtomicBool>,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Draining<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Answer {
+            inner: self.app.call(req),
+            draining: self.draining.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `Draining`'s answer.
+    struct Answer<F> {
+        #[pin]
+        inner: F,
+        draining: Arc<AtomicBool>,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Answer<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut resp) = std::task::ready!(this.inner.poll(cx));
+        if this.draining.load(Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(resp))
     }
 }

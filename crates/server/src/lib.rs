@@ -35,7 +35,7 @@ pub use tasks::Background;
 /// A running node: its shared state, its router and its background tasks.
 pub struct Started {
     pub node: Arc<Node>,
-    pub router: axum::Router,
+    pub router: request_id::NodeService,
     pub background: Background,
 }
 

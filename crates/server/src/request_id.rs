@@ -5,12 +5,14 @@
 //! second, the rest counted in the next line: an outage must not become a log flood), so a
 //! client's 503 can be found in the logs.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,41 +49,73 @@ pub fn usable(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= REQUEST_ID_LEN_MAX && b.iter().all(|c| (0x21..=0x7e).contains(c))
 }
 
-/// What the node's middleware needs: the node (for the hot path) and its `X-Node-Id`.
-#[derive(Clone)]
-pub struct Layer {
-    pub node: std::sync::Arc<crate::node::Node>,
-    pub node_id: HeaderValue,
-}
-
-/// The node's one middleware, around the whole router (one, because each layer costs a boxed
-/// future and more per request: a separate `X-Node-Id` layer cost about 1,800 instructions):
+/// The node's whole HTTP service, in front of the router (one hand-written service, not axum
+/// layers: each layer, and the outer router an axum middleware needs around the inner one, cost
+/// a boxed future or a route lookup per request; together about 3,000 instructions):
 /// the request id (see the module doc), the reservation hot path (`reservations::hot_path`: a
 /// body within the limit, answered before any routing), the router with the body drain of
 /// `body::drain_unread` for everything else, and the node's `X-Node-Id` on every answer.
-pub async fn layer(State(state): State<Layer>, req: Request, next: Next) -> Response {
-    let id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if usable(v) => v.clone(),
-        _ => new_request_id(),
-    };
-    let method = req.method().clone();
-    // A reference count, not a copy: the path is only read if the answer is an error.
-    let uri = req.uri().clone();
-    let hot = crate::routes::reservations::hot_path(&req)
-        .filter(|_| !crate::body::may_outlast_handler(req.headers()))
-        .map(str::to_owned);
-    let mut resp = match hot {
-        Some(sale) => crate::routes::reservations::reserve_at(&state.node, Ok(sale), req).await,
-        None => crate::body::drain_unread(req, next).await,
-    };
-    let node_id = state.node_id;
-    if resp.status().is_server_error() {
-        log_error(&id, &method, uri.path(), resp.status().as_u16());
+#[derive(Clone)]
+pub struct NodeService(Arc<Inner>);
+
+struct Inner {
+    node: Arc<crate::node::Node>,
+    node_id: HeaderValue,
+    router: axum::Router,
+}
+
+impl NodeService {
+    pub fn new(node: Arc<crate::node::Node>, node_id: HeaderValue, router: axum::Router) -> Self {
+        NodeService(Arc::new(Inner {
+            node,
+            node_id,
+            router,
+        }))
     }
-    let headers = resp.headers_mut();
-    headers.insert(X_REQUEST_ID, id);
-    headers.insert(crate::routes::X_NODE_ID, node_id);
-    resp
+
+    /// Answers one request.
+    pub async fn answer(&self, req: Request) -> Response {
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) if usable(v) => v.clone(),
+            _ => new_request_id(),
+        };
+        let method = req.method().clone();
+        // A reference count, not a copy: the path is only read if the answer is an error.
+        let uri = req.uri().clone();
+        let hot = crate::routes::reservations::hot_path(&req)
+            .filter(|_| !crate::body::may_outlast_handler(req.headers()))
+            .map(str::to_owned);
+        let mut resp = match hot {
+            Some(sale) => {
+                crate::routes::reservations::reserve_at(&self.0.node, Ok(sale), req).await
+            }
+            None => crate::body::drain_unread(req, self.0.router.clone()).await,
+        };
+        if resp.status().is_server_error() {
+            log_error(&id, &method, uri.path(), resp.status().as_u16());
+        }
+        let headers = resp.headers_mut();
+        headers.insert(X_REQUEST_ID, id);
+        headers.insert(crate::routes::X_NODE_ID, self.0.node_id.clone());
+        resp
+    }
+}
+
+type BoxAnswer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<B> hyper::service::Service<axum::http::Request<B>> for NodeService
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxAnswer;
+
+    fn call(&self, req: axum::http::Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.answer(req.map(axum::body::Body::new)).await) })
+    }
 }
 
 fn log_error(id: &HeaderValue, method: &axum::http::Method, path: &str, status: u16) {

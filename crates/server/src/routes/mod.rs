@@ -64,9 +64,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 static OPENAPI_JSON: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::openapi::document(&openapi()));
 
-/// The whole HTTP API of a node. Every response carries `X-Node-Id` and `X-Request-Id`
-/// (`request_id::layer`, the node's one middleware).
-pub fn app(node: Arc<Node>) -> Router {
+/// The whole HTTP API of a node, as one service (`request_id::NodeService`: the request id,
+/// the reservation hot path, then the router). Every response carries `X-Node-Id` and
+/// `X-Request-Id`.
+pub fn app(node: Arc<Node>) -> crate::request_id::NodeService {
     let node_id = HeaderValue::from_str(node.config.node_id.as_str())
         .expect("node ids are within the header alphabet");
     let (router, _) = api().split_for_parts();
@@ -74,16 +75,7 @@ pub fn app(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node.clone());
-    // The middleware wraps the whole router (not each route), so the reservation hot path is
-    // answered before any routing.
-    let wrapped = tower::Layer::layer(
-        &axum::middleware::from_fn_with_state(
-            crate::request_id::Layer { node, node_id },
-            crate::request_id::layer,
-        ),
-        router,
-    );
-    Router::new().fallback_service(wrapped)
+    crate::request_id::NodeService::new(node, node_id, router)
 }
 
 /// The benchmark ceiling: the same HTTP stack (hyper, axum's router, the accept loop)
