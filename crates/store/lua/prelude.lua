@@ -9,7 +9,8 @@
 --   3 users     hash: user id -> tickets held (reserved or paid); absent at zero
 --   4 idem      hash: user id .. "\n" .. idempotency key -> reservation id
 --   5 res       hash: reservation id -> "state created_ms expires_ms paid_ms updated_ms user"
---   6 due       zset: reservation id scored by expires_ms, for holds still reserved
+--   6 due       zset: reservation id scored by expires_ms, for single holds still reserved
+--               (waitlist offers; every hold of versions before `dueb`)
 --   7 events    stream: one entry per state change, for the order writer
 --   8 queue     hash: 'q:' .. queue id -> "user rank" (a later arrival's rank, given at its
 --               join, or 'P' in the pre-queue); 'u:' .. user -> the user's latest queue id
@@ -17,6 +18,12 @@
 --               the shuffle at the opening); frozen once the sale opens
 --  10 wl        hash: 'w:' .. waitlist id -> "state seq user"; 'u:' .. user -> latest entry
 --  11 wlq       zset: waiting entries scored by seq (arrival order)
+--  12 dueb      zset: the holds of one `reserve_batch` call (they share a deadline), at most
+--               DUEB_IDS_MAX ids joined by spaces per member, scored by their expires_ms: one
+--               entry per batch instead of one per hold. Not kept exact: a member stays until
+--               its deadline even when some of its holds were paid or cancelled; `reap` skips
+--               those. A separate key, so a node of an earlier version (which reads `due` as
+--               one id per member) never meets a batch.
 --
 -- The sale hash also keeps opens_ms and admit (admit_per_second; absent without a queue),
 -- qlater (later arrivals so far), qlast (the last rank given to one) and wlseq (waitlist
@@ -28,7 +35,10 @@
 
 local K_SALE, K_LEASES, K_USERS, K_IDEM, K_RES, K_DUE, K_EVENTS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local K_QUEUE, K_QPRE, K_WL, K_WLQ = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local K_QUEUE, K_QPRE, K_WL, K_WLQ, K_DUEB = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+
+-- Most hold ids in one `dueb` member (about 7 KB), so one member's expiry stays a bounded step.
+local DUEB_IDS_MAX = 256
 
 -- Without an order writer nobody reads the stream: keep only recent history.
 local EVENTS_KEEP_WITHOUT_WRITER = 100000

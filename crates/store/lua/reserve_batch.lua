@@ -12,8 +12,9 @@
 --
 -- Written for throughput: Redis runs one script at a time, so its cost per item is the
 -- cluster's ceiling. Reads are one HMGET per hash for the whole batch, decisions happen in Lua
--- tables, and writes are one command per hash (and one stream entry for all the new
--- reservations), so a batch of n costs about ten commands instead of six per item.
+-- tables, and writes are one command per hash (and one deadline entry and one stream entry
+-- for all the new reservations), so a batch of n costs about ten commands instead of six per
+-- item.
 local sale = redis.call('HMGET', K_SALE, 'limit', 'hold_ms', 'writer', 'pool', 'leased')
 if not sale[1] then
   return {'E', 'SALE_NOT_FOUND'}
@@ -63,7 +64,7 @@ end
 
 -- Decide each item in order; collect the writes.
 local out = {'OK', now_s, expires_s, ''}
-local res_args, due_args, idem_args, ids, new_users, records = {}, {}, {}, {}, {}, {}
+local res_args, idem_args, ids, new_users, records = {}, {}, {}, {}, {}
 local taken = 0
 for i = 2, #ARGV, 3 do
   local id, user, key = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -86,8 +87,6 @@ for i = 2, #ARGV, 3 do
     res_args[#res_args + 1] = rv
     -- A replay of the same key later in this batch finds the record here.
     records[id] = rv
-    due_args[#due_args + 1] = expires_s
-    due_args[#due_args + 1] = id
     if ik then
       seen[ik] = id
       idem_args[#idem_args + 1] = ik
@@ -103,9 +102,13 @@ if taken == 0 then
   return out
 end
 
--- Write: one command per hash, one stream entry for every reservation of the batch.
+-- Write: one command per hash, one deadline entry and one stream entry for every reservation
+-- of the batch.
 call_chunked('HSET', K_RES, res_args)
-call_chunked('ZADD', K_DUE, due_args)
+for from = 1, #ids, DUEB_IDS_MAX do
+  redis.call('ZADD', K_DUEB, expires_s,
+    table.concat(ids, ' ', from, math.min(from + DUEB_IDS_MAX - 1, #ids)))
+end
 call_chunked('HSET', K_IDEM, idem_args)
 local user_args, written = {}, {}
 for _, u in ipairs(new_users) do

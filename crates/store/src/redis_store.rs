@@ -198,6 +198,8 @@ pub struct SaleKeys {
     pub wl: String,
     /// The waitlist's waiting entries in arrival order.
     pub wlq: String,
+    /// Hold deadlines of whole batches (one member per `reserve_batch` call).
+    pub dueb: String,
 }
 
 impl SaleKeys {
@@ -215,11 +217,12 @@ impl SaleKeys {
             qpre: format!("{tag}:qpre"),
             wl: format!("{tag}:wl"),
             wlq: format!("{tag}:wlq"),
+            dueb: format!("{tag}:dueb"),
         }
     }
 
-    /// KEYS[1..11] of every script, in `lua/prelude.lua`'s order.
-    pub fn in_script_order(&self) -> [&str; 11] {
+    /// KEYS[1..12] of every script, in `lua/prelude.lua`'s order.
+    pub fn in_script_order(&self) -> [&str; 12] {
         [
             &self.sale,
             &self.leases,
@@ -232,6 +235,7 @@ impl SaleKeys {
             &self.qpre,
             &self.wl,
             &self.wlq,
+            &self.dueb,
         ]
     }
 }

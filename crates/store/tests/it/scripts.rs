@@ -201,11 +201,12 @@ async fn scripts_take_back_first_version_leases_once_lapsed() {
 async fn scripts_pay_and_expire_holds() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
-    s.create_sale(sale("hold", 3, 3, 1)).await.unwrap();
+    s.create_sale(sale("hold", 4, 3, 1)).await.unwrap();
     let items = vec![
         item("hold", 1, "a", None),
         item("hold", 2, "b", None),
         item("hold", 3, "c", None),
+        item("hold", 4, "d", None),
     ];
     let out = s.reserve_batch(&sid("hold"), items).await.unwrap();
     let ids: Vec<ReservationId> = out
@@ -229,8 +230,26 @@ async fn scripts_pay_and_expire_holds() {
         s.cancel(&ids[0], &a).await,
         Err(StoreError::Ledger(LedgerError::AlreadyPaid))
     ));
+    let cancelled = s
+        .cancel(&ids[3], &UserId::parse("d").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, ReservationState::Cancelled);
+    // The batch's four holds share one deadline entry (`dueb`), kept until the deadline.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let batches: Vec<String> = redis::cmd("ZRANGE")
+        .arg("{sale:hold}:dueb")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].split(' ').count(), 4, "{batches:?}");
 
-    // After the one-second hold, the reaper expires the two unpaid holds into the pool.
+    // After the one-second hold, the reaper expires the two holds neither paid nor cancelled
+    // into the pool, and skips the paid and the cancelled one.
     let due = Instant::now() + Duration::from_millis(1100);
     tokio::time::sleep_until(due.into()).await;
     let mut expired = 0;
@@ -252,8 +271,26 @@ async fn scripts_pay_and_expire_holds() {
         Err(StoreError::Ledger(LedgerError::Expired))
     ));
     let v = s.sale(&sid("hold")).await.unwrap().unwrap();
-    // The two expired tickets are back in the pool.
-    assert_eq!(counts(&v), (2, 0, 1));
+    // The cancelled and the two expired tickets are back in the pool.
+    assert_eq!(counts(&v), (3, 0, 1));
+    assert_eq!(
+        s.reservation(&ids[3]).await.unwrap().unwrap().state,
+        ReservationState::Cancelled,
+        "a cancelled hold of the batch stays cancelled"
+    );
+    assert_eq!(
+        s.reservation(&ids[0]).await.unwrap().unwrap().state,
+        ReservationState::Paid,
+        "a paid hold of the batch stays paid"
+    );
+    for key in ["{sale:hold}:dueb", "{sale:hold}:due"] {
+        let left: u64 = redis::cmd("ZCARD")
+            .arg(key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "{key} is empty once every deadline passed");
+    }
     assert!(s
         .reservation(&ReservationId::parse("nosuch.hold").unwrap())
         .await
