@@ -33,11 +33,15 @@ pub const HEADER_BYTES: usize = 8;
 
 /// Appends one event's frame to `buf`.
 pub fn encode(event: &Event, buf: &mut Vec<u8>) {
-    let payload = serde_json::to_vec(event).expect("events always serialise");
+    // The payload is written in place after room for its header (no copy of it).
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_BYTES]);
+    crate::event_json::encode(event, buf);
+    let payload = &buf[start + HEADER_BYTES..];
     assert!(payload.len() <= FRAME_BYTES_MAX, "event frame too large");
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    buf.extend_from_slice(&payload);
+    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Appends one block holding `frames` (whole frames, as `encode` made them) to `out`.
@@ -219,7 +223,7 @@ fn read_fast(bytes: &[u8], start: usize, format: Format) -> Option<(Vec<Event>, 
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|&(from, to)| serde_json::from_slice(&bytes[from..to]).ok())
+                        .map(|&(from, to)| crate::event_json::decode(&bytes[from..to]).ok())
                         .collect::<Option<Vec<Event>>>()
                 })
             })
@@ -273,7 +277,7 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(Vec<Event>, usize)> {
     if crc32fast::hash(payload) != crc {
         return None;
     }
-    let event = serde_json::from_slice(payload).ok()?;
+    let event = crate::event_json::decode(payload).ok()?;
     Some((vec![event], at + HEADER_BYTES + len))
 }
 

@@ -12,6 +12,7 @@
 
 pub mod clock;
 pub mod embedded;
+pub mod event_json;
 pub mod follower;
 pub mod journal;
 pub mod redis_cluster;
