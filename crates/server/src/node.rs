@@ -236,7 +236,10 @@ impl Node {
 /// sort later, so the orders table's key index grows at its end instead of at random pages
 /// (in SQLite and PostgreSQL alike; issue 17).
 pub fn new_reservation_id_in(sale: &SaleId) -> ReservationId {
-    let id = format!("{}.{sale}", base32_26(time_ordered_bits()));
+    let mut id = String::with_capacity(27 + sale.as_str().len());
+    push_base32_26(time_ordered_bits(), &mut id);
+    id.push('.');
+    id.push_str(sale.as_str());
     ReservationId::parse(&id).expect("26 base32 characters, a dot and a sale id fit the bound")
 }
 
@@ -261,10 +264,19 @@ pub fn new_random_id() -> ReservationId {
 
 /// `n` as 26 base32 characters, most significant first (so ids sort as their numbers do).
 fn base32_26(n: u128) -> String {
+    let mut s = String::with_capacity(26);
+    push_base32_26(n, &mut s);
+    s
+}
+
+/// Appends `base32_26(n)` to `out`.
+fn push_base32_26(n: u128, out: &mut String) {
     const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-    (0..26)
-        .map(|i| ALPHABET[((n >> (5 * (25 - i))) & 31) as usize] as char)
-        .collect()
+    let mut digits = [0u8; 26];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = ALPHABET[((n >> (5 * (25 - i))) & 31) as usize];
+    }
+    out.push_str(std::str::from_utf8(&digits).expect("the alphabet is ASCII"));
 }
 
 /// An id for an anonymous `/buy/ticket` buyer: a new user per request, as in the original.

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use ticketrush_core::{IdempotencyKey, ReservationId, SaleId, UserId};
 
-use super::{json, segment, NodeState, ReservationBody};
+use super::{reservation_json, segment, NodeState, ReservationBody};
 use crate::body::read_json;
 use crate::error::ApiError;
 use crate::metrics::Outcome;
@@ -132,8 +132,8 @@ pub(crate) async fn reserve_at(
             )
             .await
         {
-            Ok(Reserved::Created(r)) => json(StatusCode::CREATED, &ReservationBody::of(&r)),
-            Ok(Reserved::Replayed(r)) => json(StatusCode::OK, &ReservationBody::of(&r)),
+            Ok(Reserved::Created(r)) => reservation_json(StatusCode::CREATED, &r),
+            Ok(Reserved::Replayed(r)) => reservation_json(StatusCode::OK, &r),
             Err(e) => e.into_response(),
         },
         Err(e) => {
@@ -206,7 +206,7 @@ pub async fn get(
         .reservation(&id)
         .await?
         .ok_or_else(ApiError::reservation_not_found)?;
-    Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
+    Ok(reservation_json(StatusCode::OK, &r))
 }
 
 /// Pays a reservation (its user only, within the hold). Paying again answers the same.
@@ -237,7 +237,7 @@ pub async fn pay(
     let req: UserBody = read_json(&headers, body).await?;
     let user = req.acting(&node, &headers)?;
     let r = returned_if_expired(&node, node.store.pay(&id, &user).await)?;
-    Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
+    Ok(reservation_json(StatusCode::OK, &r))
 }
 
 /// Cancels a reservation (its user only); the ticket goes back on sale. Cancelling again
@@ -271,7 +271,7 @@ pub async fn cancel(
     let r = returned_if_expired(&node, node.store.cancel(&id, &user).await)?;
     // A cancelled ticket is back in the pool: this node stops answering sold_out from memory.
     node.tickets_returned(Some(&r.sale_id));
-    Ok(json(StatusCode::OK, &ReservationBody::of(&r)))
+    Ok(reservation_json(StatusCode::OK, &r))
 }
 
 #[cfg(test)]
