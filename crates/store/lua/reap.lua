@@ -12,14 +12,20 @@ end
 local now = now_ms()
 local max = tonumber(ARGV[1])
 local expired = 0
--- Single holds: each member is one hold, and leaves when it settles.
-local due = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', now, 'LIMIT', 0, max)
-for _, id in ipairs(due) do
+-- Expires hold `id` if it is still reserved (it leaves `due` then); answers whether it did.
+local function expire_held(id)
   local v = redis.call('HGET', K_RES, id)
   if v and string.sub(v, 1, 9) == 'reserved ' then
     release_hold(id, v, 'expired', now)
     expired = expired + 1
-  else
+    return true
+  end
+  return false
+end
+-- Single holds: each member is one hold, and leaves when it settles.
+local due = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', now, 'LIMIT', 0, max)
+for _, id in ipairs(due) do
+  if not expire_held(id) then
     redis.call('ZREM', K_DUE, id)
   end
 end
@@ -32,11 +38,7 @@ if expired < max then
       break
     end
     for id in string.gmatch(member, '%S+') do
-      local v = redis.call('HGET', K_RES, id)
-      if v and string.sub(v, 1, 9) == 'reserved ' then
-        release_hold(id, v, 'expired', now)
-        expired = expired + 1
-      end
+      expire_held(id)
     end
     redis.call('ZREM', K_DUEB, member)
   end
