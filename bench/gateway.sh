@@ -10,6 +10,8 @@
 # BACKENDS: which backends to measure, in turn: `ceiling` (hello-world on the node's stack: the
 # tier's own cost shows most) and/or `node` (a real node, sale bench:TICKETS; a 2 s warm-up
 # sells the tickets, so the measured runs are the article's sold-out path).
+# BIN: the ticketrush binary (default: this tree's release build). BEFORE: another build's
+# binary; its gateway runs as a fourth tier, `before`, in the same rounds (an A/B of a change).
 # Installs wrk and nginx with apt when missing. Loopback only; stops everything it started.
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
@@ -22,6 +24,9 @@ ROUNDS=${ROUNDS:-3}
 PORT_BACKEND=${PORT_BACKEND:-18391}
 PORT_GATEWAY=${PORT_GATEWAY:-18392}
 PORT_NGINX=${PORT_NGINX:-18393}
+PORT_BEFORE=${PORT_BEFORE:-18397}
+BEFORE=${BEFORE:-}
+TIERS="direct gateway nginx${BEFORE:+ before}"
 
 need() { # need COMMAND PACKAGE...
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] && return 0
@@ -32,7 +37,7 @@ need() { # need COMMAND PACKAGE...
 need wrk wrk
 need nginx nginx-light
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-BIN=$(release_bin)
+BIN=${BIN:-$(release_bin)}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -52,7 +57,7 @@ wait_port() { # wait_port PORT PID
   echo "nothing answered on port $1" >&2
   return 1
 }
-for port in $PORT_BACKEND $PORT_GATEWAY $PORT_NGINX; do
+for port in $PORT_BACKEND $PORT_GATEWAY $PORT_NGINX ${BEFORE:+$PORT_BEFORE}; do
   if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
     echo "port $port is already in use; set PORT_BACKEND, PORT_GATEWAY, PORT_NGINX" >&2
     exit 1
@@ -73,6 +78,11 @@ cpu_us() { # cpu_us BASE
 "$BIN" gateway --listen 127.0.0.1:$PORT_GATEWAY --node 127.0.0.1:$PORT_BACKEND=1 --log warn >/dev/null &
 GATEWAY=$!
 PIDS+=("$GATEWAY")
+if [ -n "$BEFORE" ]; then
+  "$BEFORE" gateway --listen 127.0.0.1:$PORT_BEFORE --node 127.0.0.1:$PORT_BACKEND=1 --log warn >/dev/null &
+  GATEWAY_BEFORE=$!
+  PIDS+=("$GATEWAY_BEFORE")
+fi
 mkdir -p "$WORK/nginx"
 "$BIN" nginx-conf --listen 127.0.0.1:$PORT_NGINX --node 127.0.0.1:$PORT_BACKEND=1 >"$WORK/nginx/ticketrush.conf"
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/ticketrush.conf" -e "$WORK/nginx/error.log" -g 'daemon off;' &
@@ -91,11 +101,13 @@ for backend in $BACKENDS; do
   wait_port $PORT_BACKEND "$B"
   wait_port $PORT_GATEWAY "$GATEWAY"
   wait_port $PORT_NGINX "$NGINX_PID"
+  if [ -n "$BEFORE" ]; then wait_port $PORT_BEFORE "$GATEWAY_BEFORE"; fi
   echo "== backend $backend: warm-up (2 s, direct)"
   run_wrk $PORT_BACKEND 2 >/dev/null
   for round in $(seq "$ROUNDS"); do
-    for tier in direct gateway nginx; do
+    for tier in $TIERS; do
       case "$tier" in
+        before) port=$PORT_BEFORE; pids=$GATEWAY_BEFORE ;;
         direct) port=$PORT_BACKEND; pids=$B ;;
         gateway) port=$PORT_GATEWAY; pids=$GATEWAY ;;
         nginx) port=$PORT_NGINX; pids=$(echo "$NGINX_PID" $(pgrep -P "$NGINX_PID") | tr ' ' ',') ;;
@@ -121,7 +133,7 @@ echo "== gateway RSS (KiB): $(ps -o rss= -p "$GATEWAY")"
 echo "== summary ($CONNS connections, wrk -t$THREADS, ${SECONDS_RUN}s x $ROUNDS rounds, medians; cpu: the process's own CPU per request; non-2xx on the node are sold_out answers)"
 for backend in $BACKENDS; do
   d=$(for r in $(seq "$ROUNDS"); do wrk_rps "$WORK/$backend-direct-$r.txt"; done | median)
-  for tier in direct gateway nginx; do
+  for tier in $TIERS; do
     r=$(for r in $(seq "$ROUNDS"); do wrk_rps "$WORK/$backend-$tier-$r.txt"; done | median)
     p=$(for r in $(seq "$ROUNDS"); do wrk_p99 "$WORK/$backend-$tier-$r.txt" | sed 's/ms$//;s/us$/e-3/;s/\([0-9]\)s$/\1e3/'; done | median)
     c=$(for r in $(seq "$ROUNDS"); do cpu_us "$WORK/$backend-$tier-$r"; done | median)

@@ -2,18 +2,20 @@
 //! weighted round-robin (`ticketrush gateway`, and the tier `ticketrush demo` starts in-process),
 //! and the nginx configuration for the same tier (`ticketrush nginx-conf`).
 //!
-//! The gateway is deliberately lean: hyper on both sides, no router, request bodies (at most
-//! 4 KiB) read whole before forwarding so a request that never reached a node can go to the next
-//! one, response bodies streamed back. It does not depend on the node's crate: a tier in front
+//! The gateway is deliberately lean: hyper's server towards clients, HTTP/1.1 by hand towards
+//! nodes (`h1`), no router, request bodies (at most 4 KiB) read whole before forwarding so a
+//! request that never reached a node can go to the next one, response bodies streamed back. It does not depend on the node's crate: a tier in front
 //! of nodes has no business linking their store.
 //!
 //! - [`wrr`] — the balancer, pure (nginx's algorithm and passive health checks).
 //! - [`nginx`] — the configuration text, pure.
 //! - `proxy` — one request: pick, forward, retry only what was never sent.
-//! - `pool` — keep-alive connections to one node.
+//! - `pool` — keep-alive connections to one node, one exchange on one, the streamed body.
+//! - `h1` — the upstream half of HTTP/1.1, pure: request head, response head, chunked bodies.
 //! - `server` — the accept loop.
 //! - `status` — what the gateway answers itself: `/dashboard`, `/gateway/stats`, `/metrics`.
 
+mod h1;
 pub mod limits;
 pub mod nginx;
 mod pool;

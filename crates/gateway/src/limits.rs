@@ -64,3 +64,17 @@ pub const MAX_FAILS_DEFAULT: u32 = 1;
 pub const MAX_FAILS_CEILING: u32 = 100;
 pub const FAIL_TIMEOUT_SECONDS_DEFAULT: u64 = 10;
 pub const FAIL_TIMEOUT_SECONDS_CEILING: u64 = 3_600;
+
+/// Largest response head a node may send (status line and headers), and most headers in it. A
+/// node's answers carry a handful of headers in a few hundred bytes; past these the answer is
+/// not a node's, and the client gets 502.
+pub const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+pub const RESPONSE_HEADERS_MAX: usize = 64;
+
+/// Longest chunk-size line of a chunked answer (hex size and extensions). Trailers, dropped,
+/// are bounded by `RESPONSE_HEAD_BYTES_MAX` in all.
+pub const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
+
+/// What one read from a node asks for: a whole answer of ours in one read, and a large body
+/// streamed through in pieces of this size rather than held whole.
+pub const UPSTREAM_READ_BYTES: usize = 8 * 1024;

@@ -1,35 +1,35 @@
-//! Keep-alive connections to one node: a bounded stack of idle hyper `client::conn::http1`
-//! connections, and the response body that gives its connection back when it has been read.
+//! Keep-alive connections to one node: a bounded stack of idle connections, the exchange of one
+//! request on a connection (written and read by the request's own task, `h1` doing the bytes),
+//! and the response body that gives its connection back when it has been read.
 //!
-//! Why not hyper-util's pooled client: the gateway needs to know, for every failure, whether
-//! any byte of the request reached the node (only then may it try another node), and it needs
-//! the connect step separate from the send step (a refused connect marks the node failed). With
-//! raw connections both are plain: `try_send_request` hands back a request it never wrote.
+//! Why not a pooled client (hyper-util's): the gateway needs to know, for every failure,
+//! whether any byte of the request reached the node (only then may it try another node), and
+//! it needs the connect step separate from the send step (a refused connect marks the node
+//! failed). Here both are plain: a write that fails before its first byte is `NotSent`.
 //!
 //! A connection is idle only between requests, so the stack holds what the busiest moment
 //! needed, up to `UPSTREAM_IDLE_PER_NODE_MAX`. Idle connections older than
 //! `UPSTREAM_IDLE_TIMEOUT` are dropped when met (the node closes idle connections itself after
-//! its header timeout; we must stop reusing them before that).
+//! its header timeout; we must stop reusing them before that), and one the node has closed is
+//! seen at checkout: the runtime's readiness for it says so, and a read then finds the end.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::limits::{UPSTREAM_IDLE_PER_NODE_MAX, UPSTREAM_IDLE_TIMEOUT};
-
-/// The request body type sent to nodes: the client's body, read whole (≤ 4 KiB).
-pub type UpstreamRequestBody = Full<Bytes>;
-pub type Conn = SendRequest<UpstreamRequestBody>;
+use crate::h1::{self, Chunked, Decoded, Framing, Head, Parsed};
+use crate::limits::{UPSTREAM_IDLE_PER_NODE_MAX, UPSTREAM_IDLE_TIMEOUT, UPSTREAM_READ_BYTES};
 
 /// One node's address and its idle connections.
 pub struct NodePool {
@@ -37,6 +37,21 @@ pub struct NodePool {
     /// Idle connections, most recently used at the back. A std mutex: held for a push or a pop,
     /// never across an await.
     idle: Mutex<VecDeque<(Conn, Instant)>>,
+}
+
+/// One keep-alive connection to a node and what has been read from it but not yet used.
+pub struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// Why an exchange produced no response head.
+pub enum ExchangeError {
+    /// Not a byte of the request was written: it may go to another node.
+    NotSent,
+    /// The request was (at least partly) written, then the connection failed or the answer was
+    /// not HTTP.
+    Broken(String),
 }
 
 impl NodePool {
@@ -57,18 +72,15 @@ impl NodePool {
                 idle.clear();
                 return None;
             }
-            if !conn.is_closed() {
+            if conn.is_open() {
                 return Some(conn);
             }
         }
         None
     }
 
-    /// Keeps `conn` for the next request, unless the stack is full or the connection closed.
+    /// Keeps `conn` for the next request, unless the stack is full.
     pub fn checkin(&self, conn: Conn) {
-        if conn.is_closed() {
-            return;
-        }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while idle.front().is_some_and(|(_, since)| {
@@ -82,88 +94,212 @@ impl NodePool {
         debug_assert!(idle.len() <= UPSTREAM_IDLE_PER_NODE_MAX);
     }
 
-    /// A new connection to the node (no timeout here: the caller bounds it). The connection's
-    /// I/O runs on its own task, which ends when the node closes it or every handle is dropped.
-    pub async fn connect(&self) -> std::io::Result<Conn> {
+    /// A new connection to the node (no timeout here: the caller bounds it).
+    pub async fn connect(&self) -> io::Result<Conn> {
         let stream = TcpStream::connect(self.addr).await?;
         let _ = stream.set_nodelay(true);
-        let (conn, driver) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(node = %addr, error = %e, "upstream connection ended");
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+impl Conn {
+    /// Whether an idle connection can take a request: nothing arrived on it since its last
+    /// answer, neither bytes nobody asked for nor the node's close. Costs no system call unless
+    /// the runtime saw the socket become readable.
+    fn is_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Writes `request` (head and body, whole) and reads the response head. Informational
+    /// answers are skipped. The caller bounds the time.
+    pub async fn exchange(
+        &mut self,
+        request: &[u8],
+        method: &Method,
+    ) -> Result<Head, ExchangeError> {
+        let mut written = 0;
+        while written < request.len() {
+            match self.stream.write(&request[written..]).await {
+                Ok(0) | Err(_) if written == 0 => return Err(ExchangeError::NotSent),
+                Ok(0) => return Err(ExchangeError::Broken("the node stopped reading".into())),
+                Ok(n) => written += n,
+                Err(e) => return Err(ExchangeError::Broken(e.to_string())),
             }
-        });
-        Ok(conn)
+        }
+        loop {
+            if !self.buf.is_empty() {
+                match h1::parse_response(&mut self.buf, method) {
+                    Ok(Parsed::Done(head)) => return Ok(head),
+                    Ok(Parsed::Informational) => continue,
+                    Ok(Parsed::Partial) => {}
+                    Err(e) => return Err(ExchangeError::Broken(e.to_string())),
+                }
+            }
+            self.buf.reserve(UPSTREAM_READ_BYTES);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    return Err(ExchangeError::Broken(
+                        "the node closed the connection before answering".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(ExchangeError::Broken(e.to_string())),
+            }
+        }
+    }
+
+    /// Reads more of the answer into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < UPSTREAM_READ_BYTES / 4 {
+            self.buf.reserve(UPSTREAM_READ_BYTES);
+        }
+        pin!(self.stream.read_buf(&mut self.buf)).poll(cx)
     }
 }
 
 /// A node's response body, streamed to the client. When the body has been read to its end the
-/// connection goes back to its pool; if the client goes away mid-body, the connection is
-/// dropped (closed) instead, as its remaining bytes are unread.
+/// connection goes back to its pool (if the node keeps it alive); if the client goes away
+/// mid-body, the connection is dropped (closed) instead, as its remaining bytes are unread.
 pub struct PooledBody {
-    inner: Incoming,
-    /// `Some` until the connection is given back or dropped.
+    state: BodyState,
+    /// `Some` until the body ends or fails.
     lease: Option<(Conn, Arc<NodePool>)>,
+    keep_alive: bool,
+}
+
+enum BodyState {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, conn: Conn, pool: Arc<NodePool>) -> PooledBody {
+    pub fn new(head: &Head, conn: Conn, pool: Arc<NodePool>) -> PooledBody {
+        let state = match head.framing {
+            Framing::Length(0) => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(Chunked::default()),
+            Framing::UntilClose => BodyState::UntilClose,
+        };
         let mut body = PooledBody {
-            inner,
+            state,
             lease: Some((conn, pool)),
+            keep_alive: head.keep_alive,
         };
         // An empty body (204, HEAD, Content-Length: 0) may never be polled.
-        body.give_back_if_done();
+        body.end_if_done();
         body
     }
 
-    fn give_back_if_done(&mut self) {
-        if self.inner.is_end_stream() {
-            self.give_back();
+    /// Once the body is complete: the connection goes back to the pool if it can carry another
+    /// request (kept alive, nothing unread on it), else it is closed.
+    fn end_if_done(&mut self) {
+        if !matches!(self.state, BodyState::Done) {
+            return;
+        }
+        if let Some((conn, pool)) = self.lease.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                pool.checkin(conn);
+            }
         }
     }
 
-    fn give_back(&mut self) {
-        if let Some((conn, pool)) = self.lease.take() {
-            pool.checkin(conn);
-        }
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.state = BodyState::Done;
+        self.lease = None;
+        Poll::Ready(Some(Err(e)))
     }
+}
+
+fn ended_early() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the node closed the connection mid-body",
+    )
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) => self.give_back_if_done(),
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            Poll::Pending => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some((conn, _)) = this.lease.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.state {
+                BodyState::Done => {
+                    this.end_if_done();
+                    return Poll::Ready(None);
+                }
+                BodyState::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let take = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        let data = conn.buf.split_to(take).freeze();
+                        *left -= take as u64;
+                        if *left == 0 {
+                            this.state = BodyState::Done;
+                            this.end_if_done();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                BodyState::Chunked(dec) => match dec.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::End) => {
+                        this.state = BodyState::Done;
+                        continue;
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return this.fail(io::Error::new(io::ErrorKind::InvalidData, e)),
+                },
+                BodyState::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            // The buffer holds nothing more of the body: read.
+            let Some((conn, _)) = this.lease.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(this.state, BodyState::UntilClose) => {
+                    this.state = BodyState::Done;
+                    this.keep_alive = false;
+                }
+                Ok(0) => return this.fail(ended_early()),
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        matches!(self.state, BodyState::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // The server may have seen `is_end_stream` and never polled for the end.
-        self.give_back_if_done();
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }

@@ -238,3 +238,180 @@ async fn gateway_keeps_its_connections_to_a_node_alive() {
         "{n} upstream connections for 10 concurrent clients"
     );
 }
+
+/// A "node" that answers by hand what a real node never sends but HTTP allows: per request
+/// path, a canned answer (`answer`), the connection kept or closed after it as the answer says.
+/// Counts connections accepted and connections it has seen closed by either side.
+struct RawNode {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+}
+
+/// What the raw node writes for a path, and whether it closes the connection after.
+fn answer(path: &str) -> (Vec<u8>, bool) {
+    match path {
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-node-id: raw\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+                .to_vec(),
+            false,
+        ),
+        "/until-close" => (
+            b"HTTP/1.1 200 OK\r\nx-node-id: raw\r\nconnection: close\r\n\r\nread until close"
+                .to_vec(),
+            true,
+        ),
+        "/big" => {
+            let mut a = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-node-id: raw\r\n\r\n",
+                BIG_BODY_BYTES
+            )
+            .into_bytes();
+            a.extend(big_body());
+            (a, false)
+        }
+        "/then-close" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-node-id: raw\r\n\r\nok".to_vec(),
+            true,
+        ),
+        "/garbage" => (b"HTTP/1.1 2OO OK\r\n\r\n".to_vec(), true),
+        _ => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-node-id: raw\r\n\r\nok".to_vec(),
+            false,
+        ),
+    }
+}
+
+const BIG_BODY_BYTES: usize = 1024 * 1024 + 7;
+
+fn big_body() -> Vec<u8> {
+    (0..BIG_BODY_BYTES).map(|i| (i % 251) as u8).collect()
+}
+
+impl RawNode {
+    async fn start() -> RawNode {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (acc, end) = (accepted.clone(), ended.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                acc.fetch_add(1, Ordering::SeqCst);
+                let end = end.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    'conn: loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        // Requests of these tests have no body.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                            buf.drain(..end + 4);
+                            let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                            let (bytes, close) = answer(&path);
+                            // In pieces, so the gateway reads heads and bodies split anywhere.
+                            for piece in bytes.chunks(7_777) {
+                                if stream.write_all(piece).await.is_err() {
+                                    break 'conn;
+                                }
+                            }
+                            if close {
+                                break 'conn;
+                            }
+                        }
+                    }
+                    drop(stream);
+                    end.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawNode {
+            addr,
+            accepted,
+            ended,
+        }
+    }
+}
+
+async fn raw_get(gw: &std::net::SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let resp = reqwest::get(format!("http://{gw}{path}")).await.unwrap();
+    let status = resp.status().as_u16();
+    let node = resp
+        .headers()
+        .get("x-node-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, node, resp.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn gateway_reads_chunked_close_delimited_and_large_answers_whole() {
+    let node = RawNode::start().await;
+    let gw = start_gateway(
+        vec![NodeSpec {
+            addr: node.addr,
+            weight: 1,
+        }],
+        Duration::from_secs(10),
+    )
+    .await;
+    let (status, id, body) = raw_get(&gw.addr, "/chunked").await;
+    assert_eq!(
+        (status, id.as_str(), &body[..]),
+        (200, "raw", &b"hello world"[..])
+    );
+    let (status, _, body) = raw_get(&gw.addr, "/big").await;
+    assert_eq!(status, 200);
+    assert!(
+        body == big_body(),
+        "the 1 MiB body came back altered ({} bytes)",
+        body.len()
+    );
+    // Both kept their connection alive: one upstream connection so far.
+    assert_eq!(node.accepted.load(Ordering::SeqCst), 1);
+    let (status, _, body) = raw_get(&gw.addr, "/until-close").await;
+    assert_eq!((status, &body[..]), (200, &b"read until close"[..]));
+    // That connection is spent: the next request needs a new one, and gets its answer.
+    let (status, _, body) = raw_get(&gw.addr, "/chunked").await;
+    assert_eq!((status, &body[..]), (200, &b"hello world"[..]));
+    assert_eq!(node.accepted.load(Ordering::SeqCst), 2);
+    // An answer that is not HTTP is the gateway's 502, not a panic or a hang.
+    let a = gw.client.get("/garbage").await;
+    assert_eq!((a.status, a.error()), (502, "bad_gateway"), "{a:?}");
+}
+
+#[tokio::test]
+async fn gateway_does_not_reuse_a_connection_the_node_has_closed() {
+    let node = RawNode::start().await;
+    let gw = start_gateway(
+        vec![NodeSpec {
+            addr: node.addr,
+            weight: 1,
+        }],
+        Duration::from_secs(10),
+    )
+    .await;
+    for round in 1..=3 {
+        // Answered with keep-alive, then closed by the node while idle in the gateway's pool.
+        let (status, _, body) = raw_get(&gw.addr, "/then-close").await;
+        assert_eq!((status, &body[..]), (200, &b"ok"[..]), "round {round}");
+        let ended = node.ended.clone();
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                let ended = ended.clone();
+                async move { ended.load(Ordering::SeqCst) >= round }
+            })
+            .await
+        );
+        // The next request must not be written to the closed connection (that would be a 502:
+        // written requests are never retried); it goes on a new one.
+        let a = gw.client.get("/healthz").await;
+        assert_eq!(a.status, 200, "round {round}: {a:?}");
+    }
+    assert!(node.accepted.load(Ordering::SeqCst) >= 4);
+}
