@@ -67,6 +67,10 @@ pub struct GatewayConfig {
     /// How long a failed node stays out before it gets a request again, as nginx's
     /// `fail_timeout`.
     pub fail_timeout: Duration,
+    /// From writing a request to a node to its response head; past it the client gets 504 and
+    /// the node a failure (never retried: the node may have acted). `UPSTREAM_RESPONSE_TIMEOUT`
+    /// unless a test needs it short.
+    pub response_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -76,6 +80,7 @@ impl GatewayConfig {
             nodes,
             max_fails: limits::MAX_FAILS_DEFAULT,
             fail_timeout: Duration::from_secs(limits::FAIL_TIMEOUT_SECONDS_DEFAULT),
+            response_timeout: limits::UPSTREAM_RESPONSE_TIMEOUT,
         }
     }
 

@@ -20,13 +20,14 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::h1::{self, Chunked, Decoded, Framing, Head, Parsed};
 use crate::limits::{UPSTREAM_IDLE_PER_NODE_MAX, UPSTREAM_IDLE_TIMEOUT, UPSTREAM_READ_BYTES};
@@ -43,6 +44,10 @@ pub struct NodePool {
 pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// Bounds each exchange's wait for the response head: one timer for the connection's life,
+    /// moved only when it fires (about once per response timeout), rather than a timer put in
+    /// and taken out of the runtime's wheel for every request.
+    watchdog: Pin<Box<Sleep>>,
 }
 
 /// Why an exchange produced no response head.
@@ -52,6 +57,8 @@ pub enum ExchangeError {
     /// The request was (at least partly) written, then the connection failed or the answer was
     /// not HTTP.
     Broken(String),
+    /// Written, and no response head within the timeout.
+    TimedOut,
 }
 
 impl NodePool {
@@ -101,6 +108,7 @@ impl NodePool {
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
+            watchdog: Box::pin(tokio::time::sleep(Duration::ZERO)),
         })
     }
 }
@@ -117,16 +125,58 @@ impl Conn {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Writes `request` (head and body, whole) and reads the response head. Informational
-    /// answers are skipped. The caller bounds the time.
+    /// Writes `request` (head and body, whole) and reads the response head, within `timeout`.
+    /// Informational answers are skipped.
     pub async fn exchange(
         &mut self,
         request: &[u8],
         method: &Method,
+        timeout: Duration,
     ) -> Result<Head, ExchangeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Conn {
+            stream,
+            buf,
+            watchdog,
+        } = self;
+        let mut exchange = pin!(exchange(stream, buf, request, method));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(done);
+            }
+            // The watchdog fires at an earlier exchange's deadline (or at once, on a new
+            // connection): only then is it moved, to this one's.
+            while watchdog.as_mut().poll(cx).is_ready() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Poll::Ready(Err(ExchangeError::TimedOut));
+                }
+                watchdog.as_mut().reset(deadline);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Reads more of the answer into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < UPSTREAM_READ_BYTES / 4 {
+            self.buf.reserve(UPSTREAM_READ_BYTES);
+        }
+        pin!(self.stream.read_buf(&mut self.buf)).poll(cx)
+    }
+}
+
+/// `Conn::exchange` without its timeout.
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    request: &[u8],
+    method: &Method,
+) -> Result<Head, ExchangeError> {
+    {
         let mut written = 0;
         while written < request.len() {
-            match self.stream.write(&request[written..]).await {
+            match stream.write(&request[written..]).await {
                 Ok(0) | Err(_) if written == 0 => return Err(ExchangeError::NotSent),
                 Ok(0) => return Err(ExchangeError::Broken("the node stopped reading".into())),
                 Ok(n) => written += n,
@@ -134,16 +184,16 @@ impl Conn {
             }
         }
         loop {
-            if !self.buf.is_empty() {
-                match h1::parse_response(&mut self.buf, method) {
+            if !buf.is_empty() {
+                match h1::parse_response(buf, method) {
                     Ok(Parsed::Done(head)) => return Ok(head),
                     Ok(Parsed::Informational) => continue,
                     Ok(Parsed::Partial) => {}
                     Err(e) => return Err(ExchangeError::Broken(e.to_string())),
                 }
             }
-            self.buf.reserve(UPSTREAM_READ_BYTES);
-            match self.stream.read_buf(&mut self.buf).await {
+            buf.reserve(UPSTREAM_READ_BYTES);
+            match stream.read_buf(buf).await {
                 Ok(0) => {
                     return Err(ExchangeError::Broken(
                         "the node closed the connection before answering".into(),
@@ -153,14 +203,6 @@ impl Conn {
                 Err(e) => return Err(ExchangeError::Broken(e.to_string())),
             }
         }
-    }
-
-    /// Reads more of the answer into the buffer; `Ok(0)` at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < UPSTREAM_READ_BYTES / 4 {
-            self.buf.reserve(UPSTREAM_READ_BYTES);
-        }
-        pin!(self.stream.read_buf(&mut self.buf)).poll(cx)
     }
 }
 

@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -26,7 +26,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::h1;
 use crate::limits::{
     BODY_BYTES_MAX, BODY_DRAIN_BYTES_MAX, BODY_DRAIN_TIMEOUT, BODY_READ_TIMEOUT,
-    UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_IDLE_PER_NODE_MAX, UPSTREAM_RESPONSE_TIMEOUT,
+    UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_IDLE_PER_NODE_MAX,
 };
 use crate::pool::{Conn, ExchangeError, NodePool, PooledBody};
 use crate::wrr::{SmoothWrr, Tried};
@@ -54,6 +54,8 @@ pub struct Shared {
     pub(crate) try_failures: Vec<AtomicU64>,
     pub(crate) max_fails: u32,
     pub(crate) fail_timeout: std::time::Duration,
+    /// From writing a request to a node to its response head; past it, 504.
+    response_timeout: Duration,
     pub(crate) started: Instant,
     /// Set by `Gateway::begin_drain`: `/readyz` answers 503.
     pub(crate) draining: AtomicBool,
@@ -76,7 +78,7 @@ enum TryError {
     NotSent,
     /// The request was (at least partly) written; the node failed after.
     Broken,
-    /// Written, and no response headers within `UPSTREAM_RESPONSE_TIMEOUT`.
+    /// Written, and no response headers within the response timeout.
     TimedOut,
 }
 
@@ -103,6 +105,7 @@ impl Shared {
             try_failures: config.nodes.iter().map(|_| AtomicU64::new(0)).collect(),
             max_fails: config.max_fails,
             fail_timeout: config.fail_timeout,
+            response_timeout: config.response_timeout,
             started: Instant::now(),
             draining: AtomicBool::new(false),
         }
@@ -263,7 +266,7 @@ async fn forward(shared: &Shared, req: &Upstream) -> Response<GatewayBody> {
         };
         tried.insert(node);
         shared.tries[node].fetch_add(1, Ordering::Relaxed);
-        match try_node(&shared.nodes[node], req).await {
+        match try_node(&shared.nodes[node], req, shared.response_timeout).await {
             Ok(resp) => {
                 shared.succeeded(node);
                 return resp;
@@ -296,12 +299,16 @@ async fn forward(shared: &Shared, req: &Upstream) -> Response<GatewayBody> {
 
 /// One try on one node: idle connections first (one that takes no byte of the request is
 /// dropped and the next is tried), then a new connection.
-async fn try_node(pool: &Arc<NodePool>, req: &Upstream) -> Result<Response<GatewayBody>, TryError> {
+async fn try_node(
+    pool: &Arc<NodePool>,
+    req: &Upstream,
+    response_timeout: Duration,
+) -> Result<Response<GatewayBody>, TryError> {
     for _ in 0..=UPSTREAM_IDLE_PER_NODE_MAX {
         let Some(conn) = pool.checkout() else {
             break;
         };
-        match send(pool, conn, req).await {
+        match send(pool, conn, req, response_timeout).await {
             Err(TryError::NotSent) => {}
             done => return done,
         }
@@ -317,28 +324,28 @@ async fn try_node(pool: &Arc<NodePool>, req: &Upstream) -> Result<Response<Gatew
             return Err(TryError::NotSent);
         }
     };
-    send(pool, conn, req).await
+    send(pool, conn, req, response_timeout).await
 }
 
 async fn send(
     pool: &Arc<NodePool>,
     mut conn: Conn,
     req: &Upstream,
+    response_timeout: Duration,
 ) -> Result<Response<GatewayBody>, TryError> {
-    let sent = tokio::time::timeout(
-        UPSTREAM_RESPONSE_TIMEOUT,
-        conn.exchange(&req.bytes, &req.method),
-    )
-    .await;
-    match sent {
-        Ok(Ok(head)) => Ok(downstream_response(head, conn, pool.clone())),
-        Ok(Err(ExchangeError::NotSent)) => Err(TryError::NotSent),
-        Ok(Err(ExchangeError::Broken(e))) => {
+    match conn
+        .exchange(&req.bytes, &req.method, response_timeout)
+        .await
+    {
+        Ok(head) => Ok(downstream_response(head, conn, pool.clone())),
+        Err(ExchangeError::NotSent) => Err(TryError::NotSent),
+        Err(ExchangeError::Broken(e)) => {
             tracing::debug!(node = %pool.addr, error = %e, "request failed after it was sent");
             Err(TryError::Broken)
         }
-        // Dropping the in-flight request closes this connection: it is not reused.
-        Err(_) => Err(TryError::TimedOut),
+        // Dropping `conn` here closes it: its answer may still come, and must not be read as
+        // the next request's.
+        Err(ExchangeError::TimedOut) => Err(TryError::TimedOut),
     }
 }
 

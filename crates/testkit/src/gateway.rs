@@ -64,12 +64,14 @@ pub struct TestGateway {
 }
 
 pub async fn start_gateway(nodes: Vec<NodeSpec>, fail_timeout: Duration) -> TestGateway {
-    let gateway = Gateway::new(GatewayConfig {
-        nodes,
-        max_fails: 1,
-        fail_timeout,
-    })
-    .expect("valid tier");
+    let mut config = GatewayConfig::new(nodes);
+    config.fail_timeout = fail_timeout;
+    serve_gateway(config).await
+}
+
+/// The gateway with any configuration, served in this process on a free port.
+pub async fn serve_gateway(config: GatewayConfig) -> TestGateway {
+    let gateway = Gateway::new(config).expect("valid tier");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -657,6 +657,7 @@ impl TierArgs {
             nodes: self.nodes.clone(),
             max_fails: self.max_fails,
             fail_timeout: Duration::from_secs(self.fail_timeout_seconds),
+            response_timeout: gateway_limits::UPSTREAM_RESPONSE_TIMEOUT,
         };
         if let Err(e) = config.validate() {
             <Cli as clap::CommandFactory>::command()

@@ -415,3 +415,79 @@ async fn gateway_does_not_reuse_a_connection_the_node_has_closed() {
     }
     assert!(node.accepted.load(Ordering::SeqCst) >= 4);
 }
+
+/// A "node" that reads requests and never answers, keeping each connection open; counts the
+/// connections it was given.
+async fn silent_node() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn gateway_answers_504_when_a_node_is_silent_and_sends_the_request_nowhere_else() {
+    let (silent, silent_accepted) = silent_node().await;
+    let (other, other_accepted) = counting_node().await;
+    let mut config = ticketrush_gateway::GatewayConfig::new(vec![
+        NodeSpec {
+            addr: silent,
+            weight: 1,
+        },
+        NodeSpec {
+            addr: other,
+            weight: 1,
+        },
+    ]);
+    let timeout = Duration::from_millis(300);
+    config.response_timeout = timeout;
+    let gw = ticketrush_testkit::gateway::serve_gateway(config).await;
+    let started = std::time::Instant::now();
+    let a = gw.client.reserve("G1", "alice").await;
+    assert_eq!((a.status, a.error()), (504, "gateway_timeout"), "{a:?}");
+    assert!(
+        started.elapsed() >= timeout,
+        "answered 504 before the timeout"
+    );
+    assert_eq!(silent_accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        other_accepted.load(Ordering::SeqCst),
+        0,
+        "a request that timed out on a node was sent to another"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_connection_idle_past_the_response_timeout_still_serves_the_next_request() {
+    let (addr, accepted) = counting_node().await;
+    let mut config = ticketrush_gateway::GatewayConfig::new(vec![NodeSpec { addr, weight: 1 }]);
+    let timeout = Duration::from_millis(200);
+    config.response_timeout = timeout;
+    let gw = ticketrush_testkit::gateway::serve_gateway(config).await;
+    for round in 0..3 {
+        let a = gw.client.get("/healthz").await;
+        assert_eq!(a.status, 200, "round {round}: {a:?}");
+        // The connection's timer, set for the request above, fires while it sits idle: the
+        // next request on it must get a full timeout of its own, not an instant 504.
+        tokio::time::sleep(timeout * 2).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connection was not kept"
+    );
+}
