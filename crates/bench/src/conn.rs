@@ -13,18 +13,22 @@
 //! answered anything for `--give-up-seconds` stops, so a dead target ends the run by itself.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
-use hyper::{Method, Request, Uri};
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::{Method, Uri};
+use ticketrush_gateway::h1::{self, Chunked, Decoded, Framing, Parsed};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::args::{Args, Endpoint, Target, RETRY_AFTER_MAX};
-use crate::http::{connect, Driver, Sender, BODY_BYTES_MAX};
+use crate::http::{BODY_BYTES_MAX, CONNECT_TIMEOUT};
 use crate::timeline::{SecondCounts, Timeline};
 
 /// Users claimed from the shared counter at a time: one atomic add per 16 users.
@@ -185,9 +189,8 @@ struct Conn<'a> {
     shared: &'a Shared,
     index: usize,
     target: &'a Target,
-    host: HeaderValue,
     /// The reservation path of each sale.
-    reserve_uris: Vec<Uri>,
+    reserve_paths: Vec<String>,
     timeout: Duration,
     give_up: Duration,
     claimed: std::ops::Range<u64>,
@@ -203,21 +206,20 @@ struct Conn<'a> {
 pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> ConnResult {
     let args = &shared.args;
     let target = &args.targets[index % args.targets.len()];
-    let reserve_uris: Vec<Uri> = args
+    let reserve_paths: Vec<String> = args
         .sales
         .iter()
         .map(|s| {
-            format!("/api/v1/sales/{s}/reservations")
-                .parse()
-                .expect("sale ids are valid in a path")
+            let path = format!("/api/v1/sales/{s}/reservations");
+            path.parse::<Uri>().expect("sale ids are valid in a path");
+            path
         })
         .collect();
     let mut conn = Conn {
         shared: &shared,
         index,
         target,
-        host: HeaderValue::from_str(&target.authority).expect("authority is a valid header"),
-        reserve_uris,
+        reserve_paths,
         timeout: Duration::from_millis(args.timeout_ms),
         give_up: Duration::from_secs(args.give_up_seconds),
         claimed: 0..0,
@@ -281,6 +283,9 @@ impl Conn<'_> {
             if answered {
                 last_answer = Instant::now();
                 backoff = BACKOFF_MIN;
+                if l.spent {
+                    link = None;
+                }
             } else {
                 link = None;
                 if last_answer.elapsed() >= self.give_up {
@@ -329,9 +334,9 @@ impl Conn<'_> {
     /// One user's request (and its payment, if it won and is due to pay). Answers whether the
     /// target answered (false: the connection is broken and must be opened again).
     async fn attempt(&mut self, link: &mut Link, job: Job) -> bool {
-        let req = self.request(job.user);
+        let method = self.write_request(&mut link.out, job.user);
         let sent = Instant::now();
-        let answer = link.exchange(req, self.timeout).await;
+        let answer = link.exchange(&method, self.timeout).await;
         let done = Instant::now();
         let Some(answer) = answer else {
             self.count_failed(done);
@@ -450,8 +455,8 @@ impl Conn<'_> {
             c.pay_refused += 1;
             return true;
         };
-        let req = self.pay_request(id, user);
-        let answer = link.exchange(req, self.timeout).await;
+        self.write_pay_request(&mut link.out, id, user);
+        let answer = link.exchange(&Method::POST, self.timeout).await;
         let c = &mut self.out.counts;
         match answer {
             Some(a) if a.status == 200 => c.paid += 1,
@@ -464,16 +469,18 @@ impl Conn<'_> {
         true
     }
 
-    fn request(&self, user: u64) -> Request<Full<Bytes>> {
+    /// Writes one user's request into `out` (emptied first): the whole of it, head and body,
+    /// for one write. Answers its method.
+    fn write_request(&self, out: &mut Vec<u8>, user: u64) -> Method {
         let args = &self.shared.args;
-        let (method, uri, body) = match args.endpoint {
+        out.clear();
+        match args.endpoint {
             Endpoint::Reservations => {
-                let mut b = Vec::with_capacity(48);
-                b.extend_from_slice(b"{\"user_id\":\"");
-                push_user(&mut b, &args.user_prefix, user);
-                b.extend_from_slice(b"\"}");
-                let uri = self.reserve_uris[args.sale_of(user)].clone();
-                (Method::POST, uri, Bytes::from(b))
+                let path = &self.reserve_paths[args.sale_of(user)];
+                let len = user_body_len(&args.user_prefix, user);
+                self.write_head(out, "POST", path.as_bytes(), user, Some(len));
+                push_user_body(out, &args.user_prefix, user);
+                Method::POST
             }
             Endpoint::BuyTicket => {
                 let mut q = Vec::with_capacity(96);
@@ -481,104 +488,227 @@ impl Conn<'_> {
                 q.extend_from_slice(args.sales[args.sale_of(user)].as_str().as_bytes());
                 q.extend_from_slice(b"&user_id=");
                 push_user(&mut q, &args.user_prefix, user);
-                let uri = Uri::from_maybe_shared(Bytes::from(q)).expect("ids are valid in a query");
-                (Method::GET, uri, Bytes::new())
+                self.write_head(out, "GET", &q, user, None);
+                Method::GET
             }
-        };
-        let mut req = self.build(method, uri, body);
-        self.authorize(&mut req, user);
-        req
-    }
-
-    fn authorize(&self, req: &mut Request<Full<Bytes>>, user: u64) {
-        if let Some(key) = &self.shared.tokens {
-            req.headers_mut().insert(
-                hyper::header::AUTHORIZATION,
-                bearer(key, &self.shared.args.user_prefix, user),
-            );
         }
     }
 
-    fn pay_request(&self, reservation: &str, user: u64) -> Request<Full<Bytes>> {
-        let uri = format!("/api/v1/reservations/{reservation}/pay")
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/api/v1/reservations/invalid/pay"));
-        let mut b = Vec::with_capacity(48);
-        b.extend_from_slice(b"{\"user_id\":\"");
-        push_user(&mut b, &self.shared.args.user_prefix, user);
-        b.extend_from_slice(b"\"}");
-        let mut req = self.build(Method::POST, uri, Bytes::from(b));
-        self.authorize(&mut req, user);
-        req
+    /// Writes the payment of `reservation` by `user` into `out` (emptied first).
+    fn write_pay_request(&self, out: &mut Vec<u8>, reservation: &str, user: u64) {
+        out.clear();
+        // The id came from the answer body: only a valid id (its characters are path-safe) goes
+        // into the request line.
+        let id = match ticketrush_core::ids::ReservationId::parse(reservation) {
+            Ok(_) => reservation,
+            Err(_) => "invalid",
+        };
+        let path = format!("/api/v1/reservations/{id}/pay");
+        let prefix = &self.shared.args.user_prefix;
+        self.write_head(
+            out,
+            "POST",
+            path.as_bytes(),
+            user,
+            Some(user_body_len(prefix, user)),
+        );
+        push_user_body(out, prefix, user);
     }
 
-    fn build(&self, method: Method, uri: Uri, body: Bytes) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        let h = req.headers_mut();
-        h.insert(HOST, self.host.clone());
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        req
+    /// The request line and headers: `Host`, a JSON body's type and length, the user's bearer
+    /// token with `--jwt-secret-file`.
+    fn write_head(
+        &self,
+        out: &mut Vec<u8>,
+        method: &str,
+        target: &[u8],
+        user: u64,
+        body: Option<usize>,
+    ) {
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target);
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(self.target.authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(key) = &self.shared.tokens {
+            out.extend_from_slice(b"authorization: ");
+            out.extend_from_slice(bearer(key, &self.shared.args.user_prefix, user).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(len) = body {
+            out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+            push_digits(out, len as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
     }
 }
 
-/// An open connection: its request half, its driver, and the watchdog that bounds each
-/// exchange. The driver is polled here, in the connection's own task, rather than spawned:
-/// a spawned driver costs two task wake-ups per request, which on two cores is what made the
-/// generator slower than wrk. The watchdog is one timer per connection, re-armed only when it
-/// fires (about once per `--timeout-ms`), not a timer registered and cancelled per request.
+/// The body of a user's request, `{"user_id":"<prefix><user>"}`.
+fn push_user_body(out: &mut Vec<u8>, prefix: &str, user: u64) {
+    out.extend_from_slice(USER_BODY_START);
+    push_user(out, prefix, user);
+    out.extend_from_slice(USER_BODY_END);
+}
+
+const USER_BODY_START: &[u8] = b"{\"user_id\":\"";
+const USER_BODY_END: &[u8] = b"\"}";
+
+/// The length of `push_user_body`'s output, known before it is written (the head says it).
+fn user_body_len(prefix: &str, user: u64) -> usize {
+    let digits = user.checked_ilog10().map_or(1, |d| d as usize + 1);
+    USER_BODY_START.len() + prefix.len() + digits + USER_BODY_END.len()
+}
+
+/// An open connection: the socket, what has been read from it and not yet used, the request
+/// being sent (written in place by `Conn`), and the watchdog that bounds each exchange. The
+/// requests are written and the answers read by hand (`ticketrush_gateway::h1` reads the
+/// heads), in the connection's own task: no driver, no channel, no header map built for a
+/// request. The watchdog is one timer per connection, re-armed only when it fires (about
+/// once per `--timeout-ms`), not a timer registered and cancelled per request.
 struct Link {
-    sender: Sender,
-    driver: Pin<Box<Driver>>,
+    stream: TcpStream,
+    buf: BytesMut,
+    out: Vec<u8>,
     watchdog: Pin<Box<tokio::time::Sleep>>,
+    /// The last answer said the connection ends after it (`Connection: close`, a body read to
+    /// the end of the stream): the next request needs a new link.
+    spent: bool,
 }
 
 impl Link {
     async fn open(target: &Target, timeout: Duration) -> std::io::Result<Link> {
-        let (sender, driver) = connect(target).await?;
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect(target.authority.as_str()),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
         Ok(Link {
-            sender,
-            driver: Box::pin(driver),
+            stream,
+            buf: BytesMut::with_capacity(READ_BUF_BYTES),
+            out: Vec::with_capacity(512),
             watchdog: Box::pin(tokio::time::sleep(timeout)),
+            spent: false,
         })
     }
 
-    /// Sends `req` and reads its answer; `None` if the connection ended or `timeout` passed
-    /// first (the link must then be dropped).
-    async fn exchange(&mut self, req: Request<Full<Bytes>>, timeout: Duration) -> Option<Answer> {
-        let started = Instant::now();
+    /// Sends the request in `out` and reads its answer; `None` if the connection ended, the
+    /// answer was not HTTP or over `BODY_BYTES_MAX`, or `timeout` passed first (the link must
+    /// then be dropped).
+    async fn exchange(&mut self, method: &Method, timeout: Duration) -> Option<Answer> {
+        let deadline = Instant::now() + timeout;
         let Link {
-            sender,
-            driver,
+            stream,
+            buf,
+            out,
             watchdog,
+            spent,
         } = self;
-        let answer = exchange(sender, req);
-        tokio::pin!(answer);
-        loop {
-            tokio::select! {
-                biased;
-                a = &mut answer => return a.ok(),
-                _ = driver.as_mut() => {
-                    // The driver may have handed over the whole answer just before it ended
-                    // (a server closing after its last response): take it if so.
-                    return std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(match std::future::Future::poll(answer.as_mut(), cx) {
-                            std::task::Poll::Ready(a) => a.ok(),
-                            std::task::Poll::Pending => None,
-                        })
-                    })
-                    .await;
+        let mut answer = pin!(exchange(stream, buf, out, method));
+        let (answer, keep_alive) = std::future::poll_fn(|cx| {
+            if let Poll::Ready(a) = answer.as_mut().poll(cx) {
+                return Poll::Ready(a);
+            }
+            while watchdog.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= deadline {
+                    return Poll::Ready(None);
                 }
-                () = watchdog.as_mut() => {
-                    let deadline = started + timeout;
-                    if Instant::now() >= deadline {
-                        return None;
-                    }
-                    watchdog.as_mut().reset(deadline.into());
-                }
+                watchdog.as_mut().reset(deadline.into());
+            }
+            Poll::Pending
+        })
+        .await?;
+        *spent = !keep_alive;
+        Some(answer)
+    }
+}
+
+/// Read buffer of a load connection: several answers' worth.
+const READ_BUF_BYTES: usize = 8 * 1024;
+
+/// Writes `out`, reads one answer: the answer and whether the connection may carry another.
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &[u8],
+    method: &Method,
+) -> Option<(Answer, bool)> {
+    stream.write_all(out).await.ok()?;
+    let head = loop {
+        if !buf.is_empty() {
+            match h1::parse_response(buf, method).ok()? {
+                Parsed::Done(head) => break head,
+                Parsed::Informational => continue,
+                Parsed::Partial => {}
             }
         }
+        fill(stream, buf).await?;
+    };
+    let status = head.status.as_u16();
+    let node = if status < 300 {
+        head.headers.get("x-node-id").cloned()
+    } else {
+        None
+    };
+    let retry_after = if status == 429 {
+        retry_after(head.headers.get(RETRY_AFTER))
+    } else {
+        Duration::ZERO
+    };
+    let (body, keep_alive) = match head.framing {
+        Framing::Length(n) => {
+            let n = usize::try_from(n).ok().filter(|&n| n <= BODY_BYTES_MAX)?;
+            while buf.len() < n {
+                fill(stream, buf).await?;
+            }
+            (buf.split_to(n).freeze(), head.keep_alive)
+        }
+        Framing::Chunked => {
+            let mut dec = Chunked::default();
+            let mut body = BytesMut::new();
+            loop {
+                match dec.decode(buf).ok()? {
+                    Decoded::Data(d) if body.len() + d.len() <= BODY_BYTES_MAX => {
+                        body.extend_from_slice(&d)
+                    }
+                    Decoded::Data(_) => return None,
+                    Decoded::End => break,
+                    Decoded::NeedMore => fill(stream, buf).await?,
+                }
+            }
+            (body.freeze(), head.keep_alive)
+        }
+        Framing::UntilClose => {
+            loop {
+                if buf.len() > BODY_BYTES_MAX {
+                    return None;
+                }
+                buf.reserve(READ_BUF_BYTES);
+                if stream.read_buf(buf).await.ok()? == 0 {
+                    break;
+                }
+            }
+            (buf.split().freeze(), false)
+        }
+    };
+    let answer = Answer {
+        status,
+        node,
+        retry_after,
+        body,
+    };
+    Some((answer, keep_alive))
+}
+
+/// Reads more into `buf`; `None` at the end of the stream or on an error.
+async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<()> {
+    buf.reserve(READ_BUF_BYTES);
+    match stream.read_buf(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(()),
     }
 }
 
@@ -596,59 +726,6 @@ fn tally(by_node: &mut Vec<(HeaderValue, u64)>, node: Option<&HeaderValue>) {
         }
         None => by_node.insert(0, (node.clone(), 1)),
     }
-}
-
-/// Sends one request and reads the whole answer (bounded).
-async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>) -> anyhow::Result<Answer> {
-    sender.ready().await?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let node = if status < 300 {
-        resp.headers().get("x-node-id").cloned()
-    } else {
-        None
-    };
-    let retry_after = if status == 429 {
-        retry_after(resp.headers().get(RETRY_AFTER))
-    } else {
-        Duration::ZERO
-    };
-    let body = read_body(resp.into_body()).await?;
-    Ok(Answer {
-        status,
-        node,
-        retry_after,
-        body,
-    })
-}
-
-/// The whole body, at most `BODY_BYTES_MAX`. A one-frame body (every answer of ours) is kept
-/// as it came, without the list and copy of `collect`.
-async fn read_body(mut body: hyper::body::Incoming) -> anyhow::Result<Bytes> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue; // trailers
-        };
-        match &first {
-            None => first = Some(data),
-            Some(f) => {
-                if rest.is_empty() {
-                    rest.extend_from_slice(f);
-                }
-                rest.extend_from_slice(&data);
-            }
-        }
-        if first.as_ref().map_or(0, Bytes::len).max(rest.len()) > BODY_BYTES_MAX {
-            anyhow::bail!("an answer body over {BODY_BYTES_MAX} bytes");
-        }
-    }
-    Ok(if rest.is_empty() {
-        first.unwrap_or_default()
-    } else {
-        Bytes::from(rest)
-    })
 }
 
 /// `Retry-After` in whole seconds (1 if absent or unreadable), at most `RETRY_AFTER_MAX`.
@@ -696,8 +773,13 @@ fn reservation_id(body: &[u8]) -> Option<&str> {
 }
 
 /// Appends `prefix` and the decimal digits of `n`, without a formatter.
-fn push_user(out: &mut Vec<u8>, prefix: &str, mut n: u64) {
+fn push_user(out: &mut Vec<u8>, prefix: &str, n: u64) {
     out.extend_from_slice(prefix.as_bytes());
+    push_digits(out, n);
+}
+
+/// Appends the decimal digits of `n`.
+fn push_digits(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -743,6 +825,23 @@ mod tests {
         let sold = r#"{"code":-1,"msg":"every ticket of this sale is taken"}"#;
         assert!(matches!(classify(b, &answer(200, sold)), Outcome::SoldOut));
         assert_eq!(reservation_id(won.as_bytes()), Some("abc"));
+    }
+
+    #[test]
+    fn a_user_body_is_as_long_as_its_head_says() {
+        for (prefix, user) in [
+            ("u", 0),
+            ("u", 9),
+            ("u", 10),
+            ("user-", 999_999),
+            ("", u64::MAX),
+        ] {
+            let mut out = Vec::new();
+            push_user_body(&mut out, prefix, user);
+            assert_eq!(out.len(), user_body_len(prefix, user), "{prefix}{user}");
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["user_id"], format!("{prefix}{user}"));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The generator's HTTP client: one hyper `client::conn::http1` connection per keep-alive
-//! socket, nothing pooled.
+//! The generator's hyper client, for what is not the load's hot path (the `--queue` journey, a
+//! read of a sale): one hyper `client::conn::http1` connection per keep-alive socket, nothing
+//! pooled. The load's own connections (`conn.rs`) speak HTTP/1.1 by hand.
 //!
 //! A pool (reqwest, hyper-util's legacy client) takes a lock and a map lookup per request and
 //! may open connections behind our back; the generator wants exactly C sockets, each driven by

@@ -11,11 +11,12 @@
 //! - [`nginx`] — the configuration text, pure.
 //! - `proxy` — one request: pick, forward, retry only what was never sent.
 //! - `pool` — keep-alive connections to one node, one exchange on one, the streamed body.
-//! - `h1` — the upstream half of HTTP/1.1, pure: request head, response head, chunked bodies.
+//! - [`h1`] — the upstream half of HTTP/1.1, pure: request head, response head, chunked bodies
+//!   (the load generator reads its answers with it too).
 //! - `server` — the accept loop.
 //! - `status` — what the gateway answers itself: `/dashboard`, `/gateway/stats`, `/metrics`.
 
-mod h1;
+pub mod h1;
 pub mod limits;
 pub mod nginx;
 mod pool;
