@@ -143,7 +143,99 @@ impl Gateway {
     /// Serves on `listener` until `shutdown` completes, then stops accepting and gives open
     /// requests up to `limits::SHUTDOWN_DRAIN` to finish.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        server::serve(listener, self.shared.clone(), shutdown).await;
+        let worker = Arc::new(proxy::Worker::shared_pools(self.shared.clone()));
+        server::serve(listener, worker, limits::CONNECTIONS_MAX, shutdown).await;
+    }
+
+    /// Serves on `addr` as nginx's workers do: `threads` threads, each with a current-thread
+    /// runtime, its own listener on the same address (`SO_REUSEPORT`: the kernel spreads new
+    /// connections over them) and its own keep-alive pools, so a request never leaves the
+    /// thread that accepted its connection. The balancer and the figures stay shared. Stops
+    /// when `stop` turns true, as `serve` does on its shutdown. Answers once every thread
+    /// listens (the address bound, port 0 resolved), or with the first bind error.
+    pub fn serve_threads(
+        &self,
+        addr: SocketAddr,
+        threads: usize,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Serving> {
+        let threads = threads.max(1);
+        let connections_max = limits::CONNECTIONS_MAX.div_ceil(threads);
+        let mut serving = Serving {
+            addr,
+            threads: Vec::new(),
+        };
+        for i in 0..threads {
+            let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+            let worker = Arc::new(proxy::Worker::own_pools(self.shared.clone()));
+            let mut stop = stop.clone();
+            // The first thread binds the address as given; the others bind the port it got.
+            let at = serving.addr;
+            let thread = std::thread::Builder::new()
+                .name(format!("gateway-{i}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let listener = match reuseport_listener(at) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = bound_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let _ = bound_tx.send(listener.local_addr());
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|stopped| *stopped).await;
+                        };
+                        server::serve(listener, worker, connections_max, shutdown).await;
+                    });
+                })?;
+            serving.threads.push(thread);
+            match bound_rx.recv() {
+                Ok(Ok(bound)) => serving.addr = bound,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(std::io::Error::other("a gateway thread ended at start")),
+            }
+        }
+        Ok(serving)
+    }
+}
+
+/// A listener on `addr` that other listeners may share (`SO_REUSEPORT`).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(limits::LISTEN_BACKLOG)
+}
+
+/// The threads of `Gateway::serve_threads`.
+pub struct Serving {
+    /// The address every thread listens on.
+    pub addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Waits for every thread to finish (after `stop` turned true and the drain).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
     }
 }
 

@@ -23,10 +23,13 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// 1 KiB; nginx's default is 4 × 8 KiB buffers.
 pub const HEADER_BYTES_MAX: usize = 16 * 1024;
 
-/// Open client connections. Each may hold one upstream connection while a request is in
-/// flight, so this also bounds upstream connections in use. Past it, new connections wait in
-/// the kernel's accept backlog.
+/// Open client connections (in all: `serve_threads` gives each thread its share). Each may
+/// hold one upstream connection while a request is in flight, so this also bounds upstream
+/// connections in use. Past it, new connections wait in the kernel's accept backlog.
 pub const CONNECTIONS_MAX: usize = 16 * 1024;
+
+/// The kernel's queue of connections not yet accepted, per listener (tokio's default).
+pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// On shutdown, open requests get this long to finish.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);

@@ -41,6 +41,8 @@ pub type GatewayBody = Either<PooledBody, Full<Bytes>>;
 
 /// The gateway's state, shared by every connection.
 pub struct Shared {
+    /// The keep-alive pools of `Gateway::serve` (one runtime); each thread of
+    /// `Gateway::serve_threads` has pools of its own (`Worker`).
     nodes: Vec<Arc<NodePool>>,
     /// The balancer. A std mutex: a pick is a short loop over the nodes, never held across an
     /// await.
@@ -163,13 +165,40 @@ pub fn forwarded_for(client: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&client.ip().to_string()).expect("an IP address is a valid header value")
 }
 
+/// What one runtime serves with: the shared state and its own keep-alive pools. A connection
+/// to a node is registered with the runtime that opened it, so a runtime per thread keeps its
+/// connections to itself: their readiness is then never another thread's wake-up.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pools: Vec<Arc<NodePool>>,
+}
+
+impl Worker {
+    /// The worker of the shared pools (one multi-threaded runtime).
+    pub fn shared_pools(shared: Arc<Shared>) -> Worker {
+        let pools = shared.nodes.clone();
+        Worker { shared, pools }
+    }
+
+    /// A worker with pools of its own (one of `Gateway::serve_threads`).
+    pub fn own_pools(shared: Arc<Shared>) -> Worker {
+        let pools = shared
+            .nodes
+            .iter()
+            .map(|p| Arc::new(NodePool::new(p.addr)))
+            .collect();
+        Worker { shared, pools }
+    }
+}
+
 /// Answers one client request. `client` is the connection's `forwarded_for` value.
 pub async fn handle(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     req: Request<Incoming>,
     client: HeaderValue,
 ) -> Response<GatewayBody> {
-    if let Some(own) = crate::status::answer(&shared, &req) {
+    let shared = &worker.shared;
+    if let Some(own) = crate::status::answer(shared, &req) {
         return own;
     }
     let (mut parts, body) = req.into_parts();
@@ -180,7 +209,7 @@ pub async fn handle(
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let mut resp = match read_body(&parts.headers, body).await {
-        Ok(body) => forward(&shared, &Upstream::new(&parts, &body, &client)).await,
+        Ok(body) => forward(&worker, &Upstream::new(&parts, &body, &client)).await,
         Err(refusal) => refusal,
     };
     if resp.status().is_server_error() {
@@ -258,7 +287,8 @@ impl Upstream {
 
 /// Tries nodes in the balancer's order until one answers or a try fails past the point of no
 /// return. At most one try per node.
-async fn forward(shared: &Shared, req: &Upstream) -> Response<GatewayBody> {
+async fn forward(worker: &Worker, req: &Upstream) -> Response<GatewayBody> {
+    let shared = &*worker.shared;
     let mut tried = Tried::default();
     for _ in 0..shared.nodes.len() {
         let Some(node) = shared.pick(tried) else {
@@ -266,7 +296,7 @@ async fn forward(shared: &Shared, req: &Upstream) -> Response<GatewayBody> {
         };
         tried.insert(node);
         shared.tries[node].fetch_add(1, Ordering::Relaxed);
-        match try_node(&shared.nodes[node], req, shared.response_timeout).await {
+        match try_node(&worker.pools[node], req, shared.response_timeout).await {
             Ok(resp) => {
                 shared.succeeded(node);
                 return resp;

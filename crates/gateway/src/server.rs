@@ -14,11 +14,17 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::limits::{CONNECTIONS_MAX, HEADER_BYTES_MAX, HEADER_READ_TIMEOUT, SHUTDOWN_DRAIN};
-use crate::proxy::{self, Shared};
+use crate::limits::{HEADER_BYTES_MAX, HEADER_READ_TIMEOUT, SHUTDOWN_DRAIN};
+use crate::proxy::{self, Worker};
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+/// Serves `listener` with at most `connections_max` open connections.
+pub async fn serve(
+    listener: TcpListener,
+    worker: Arc<Worker>,
+    connections_max: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(connections_max));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -45,13 +51,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let worker = worker.clone();
         let forwarded_for = proxy::forwarded_for(client);
         let service = service_fn(move |req| {
-            let shared = shared.clone();
+            let worker = worker.clone();
             let forwarded_for = forwarded_for.clone();
             async move {
-                let resp = proxy::handle(shared, req, forwarded_for).await;
+                let resp = proxy::handle(worker, req, forwarded_for).await;
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });

@@ -366,6 +366,11 @@ fn main() -> ExitCode {
     if let Some(n) = runtime_args.workers {
         builder.worker_threads(n as usize);
     }
+    if let Command::Gateway(_) = cli.command {
+        // The gateway's workers are threads of their own (`gateway`); this runtime only waits
+        // for the signals.
+        builder.worker_threads(1);
+    }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -377,7 +382,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve(*a).await,
             Command::Ceiling(a) => ceiling(a).await,
-            Command::Gateway(a) => gateway(a.tier, a.drain).await,
+            Command::Gateway(a) => gateway(a.tier, a.drain, a.runtime.workers).await,
             Command::NginxConf(_) | Command::Journal(_) | Command::Openapi => {
                 unreachable!("handled above")
             }
@@ -668,18 +673,29 @@ impl TierArgs {
     }
 }
 
-async fn gateway(tier: TierArgs, drain: DrainArgs) -> anyhow::Result<()> {
+/// `ticketrush gateway`: one thread per worker (`--workers`, default one per core), each with
+/// its own runtime, listener and pools (`Gateway::serve_threads`, nginx's worker model).
+async fn gateway(tier: TierArgs, drain: DrainArgs, workers: Option<u64>) -> anyhow::Result<()> {
     let gateway = ticketrush_gateway::Gateway::new(tier.config())?;
-    let listener = tokio::net::TcpListener::bind(tier.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", tier.listen))?;
-    let addr = listener.local_addr()?;
+    let threads = workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = {
+        let gateway = gateway.clone();
+        let listen = tier.listen;
+        tokio::task::spawn_blocking(move || gateway.serve_threads(listen, threads, stopped))
+            .await?
+            .with_context(|| format!("cannot listen on {}", tier.listen))?
+    };
+    let addr = serving.addr;
     println!("ticketrush gateway listening on http://{addr}");
-    tracing::info!(%addr, nodes = tier.nodes.len(), "gateway serving");
+    tracing::info!(%addr, nodes = tier.nodes.len(), threads, "gateway serving");
     let draining = gateway.clone();
-    gateway
-        .serve(listener, drained(&drain, move || draining.begin_drain()))
-        .await;
+    drained(&drain, move || draining.begin_drain()).await;
+    let _ = stop.send(true);
+    tokio::task::spawn_blocking(move || serving.join()).await?;
     Ok(())
 }
 

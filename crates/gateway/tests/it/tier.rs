@@ -491,3 +491,39 @@ async fn a_kept_connection_idle_past_the_response_timeout_still_serves_the_next_
         "the connection was not kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_threads_share_one_address_and_one_balancer_and_stop_together() {
+    let (nodes, specs) = four_nodes().await;
+    let gateway = ticketrush_gateway::Gateway::new(ticketrush_gateway::GatewayConfig::new(specs))
+        .expect("valid tier");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = {
+        let gateway = gateway.clone();
+        tokio::task::spawn_blocking(move || {
+            gateway.serve_threads("127.0.0.1:0".parse().unwrap(), 3, stopped)
+        })
+        .await
+        .unwrap()
+        .expect("the threads listen")
+    };
+    assert_ne!(serving.addr.port(), 0, "port 0 resolved");
+    let client = ticketrush_testkit::Client::new(serving.addr);
+    // Many connections at once, spread by the kernel over the three listeners: every request
+    // answered, and one balancer for all of them keeps nginx's 1:2:3:4 exactly.
+    let ids = concurrent_node_ids(&client, 200, 20).await;
+    let c = counts(&ids);
+    for i in 1..=4 {
+        assert_eq!(c[&format!("n{i}")], 20 * i, "{c:?}");
+    }
+    stop.send(true).unwrap();
+    let joined = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || serving.join()),
+    )
+    .await;
+    assert!(joined.is_ok(), "the gateway threads did not stop");
+    for n in nodes {
+        n.stop().await;
+    }
+}
