@@ -158,6 +158,11 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Par
     let framing = if no_body {
         Framing::Length(0)
     } else if encoded {
+        if length.is_some() {
+            // Both framings at once is how responses are smuggled (RFC 9112 §6.3): read this
+            // one as chunked, then close the connection rather than trust what follows.
+            keep_alive = false;
+        }
         if chunked {
             Framing::Chunked
         } else {
@@ -430,7 +435,7 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
                 Method::GET,
                 Framing::Chunked,
-                true,
+                false,
             ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
