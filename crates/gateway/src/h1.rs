@@ -81,13 +81,18 @@ fn named_in(connection: &[u8], name: &[u8]) -> bool {
 /// follows (none for HEAD). On `Done`, the head's bytes are split off `buf` and the headers
 /// share them (no copy per header).
 pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Parsed, H1Error> {
-    // Offsets of each header's name and value in `buf`, found by the parser; the headers are
-    // built from the frozen head after the parser's borrow of `buf` ends.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); RESPONSE_HEADERS_MAX];
+    // Offsets of each header's name and value in `buf` (a head is at most 16 KiB: `u16`),
+    // found by the parser; the headers are built from the frozen head after the parser's
+    // borrow of `buf` ends. Neither array is initialised beyond what the parser fills: zeroing
+    // 64 headers' worth cost more than parsing a node's five.
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); RESPONSE_HEADERS_MAX];
     let (len, code, version, count) = {
-        let mut raw = [httparse::EMPTY_HEADER; RESPONSE_HEADERS_MAX];
-        let mut resp = httparse::Response::new(&mut raw);
-        let status = match resp.parse(buf) {
+        let mut raw =
+            [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; RESPONSE_HEADERS_MAX];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
+        let status = match parsed {
             Ok(s) => s,
             Err(httparse::Error::TooManyHeaders) => return Err(H1Error::HeadTooLarge),
             Err(_) => return Err(H1Error::Head("unparsable status line or header")),
@@ -103,10 +108,16 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Par
             return Err(H1Error::HeadTooLarge);
         }
         let base = buf.as_ptr() as usize;
+        // Every offset is within the head, so below `RESPONSE_HEAD_BYTES_MAX` (checked above).
+        let at = |p: *const u8| (p as usize - base) as u16;
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
+            let (name, value) = (at(h.name.as_ptr()), at(h.value.as_ptr()));
+            *span = (
+                name,
+                name + h.name.len() as u16,
+                value,
+                value + h.value.len() as u16,
+            );
         }
         let code = resp.code.ok_or(H1Error::Head("no status code"))?;
         let version = resp.version.ok_or(H1Error::Head("no version"))?;
@@ -131,8 +142,9 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Par
     let mut chunked = false;
     let mut encoded = false;
     let mut length: Option<u64> = None;
+    let range = |a: u16, b: u16| usize::from(a)..usize::from(b);
     for &(n0, n1, v0, v1) in spans {
-        let (name, value) = (&head[n0..n1], &head[v0..v1]);
+        let (name, value) = (&head[range(n0, n1)], &head[range(v0, v1)]);
         if name.eq_ignore_ascii_case(b"connection") {
             if !connection.is_empty() {
                 connection.push(b',');
@@ -178,7 +190,7 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Par
 
     let mut headers = HeaderMap::with_capacity(count);
     for &(n0, n1, v0, v1) in spans {
-        let name = HeaderName::from_bytes(&head[n0..n1])
+        let name = HeaderName::from_bytes(&head[range(n0, n1)])
             .map_err(|_| H1Error::Head("invalid header name"))?;
         if is_hop_by_hop(&name) || named_in(&connection, name.as_str().as_bytes()) {
             continue;
@@ -187,7 +199,7 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Par
         if encoded && name == header::CONTENT_LENGTH {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+        let value = HeaderValue::from_maybe_shared(head.slice(range(v0, v1)))
             .map_err(|_| H1Error::Head("invalid header value"))?;
         headers.append(name, value);
     }
