@@ -4,8 +4,9 @@
 //!
 //! The gateway is deliberately lean: hyper's server towards clients, HTTP/1.1 by hand towards
 //! nodes (`h1`), no router, request bodies (at most 4 KiB) read whole before forwarding so a
-//! request that never reached a node can go to the next one, response bodies streamed back. It does not depend on the node's crate: a tier in front
-//! of nodes has no business linking their store.
+//! request that never reached a node can go to the next one, response bodies streamed back. It
+//! does not depend on the node's crate: a tier in front of nodes has no business linking their
+//! store.
 //!
 //! - [`wrr`] — the balancer, pure (nginx's algorithm and passive health checks).
 //! - [`nginx`] — the configuration text, pure.
@@ -151,14 +152,20 @@ impl Gateway {
     /// runtime, its own listener on the same address (`SO_REUSEPORT`: the kernel spreads new
     /// connections over them) and its own keep-alive pools, so a request never leaves the
     /// thread that accepted its connection. The balancer and the figures stay shared. Stops
-    /// when `stop` turns true, as `serve` does on its shutdown. Answers once every thread
-    /// listens (the address bound, port 0 resolved), or with the first bind error.
+    /// when `stop` turns true (or its sender is dropped), as `serve` does on its shutdown.
+    /// Answers once every thread listens (the address bound, port 0 resolved), or with the
+    /// first bind error; threads already started then stop with `stop`.
     pub fn serve_threads(
         &self,
         addr: SocketAddr,
         threads: usize,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<Serving> {
+        // `SO_REUSEPORT` would let this gateway share a port that another process (a gateway
+        // still running) listens on, splitting the traffic between them without a word: the
+        // port is first claimed alone, so a taken port is an error as with a plain listener
+        // (and port 0 gets its number).
+        let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
         let threads = threads.max(1);
         let connections_max = limits::CONNECTIONS_MAX.div_ceil(threads);
         let mut serving = Serving {

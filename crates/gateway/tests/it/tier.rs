@@ -508,6 +508,19 @@ async fn gateway_threads_share_one_address_and_one_balancer_and_stop_together() 
         .expect("the threads listen")
     };
     assert_ne!(serving.addr.port(), 0, "port 0 resolved");
+    // A second gateway on the same port is refused, not let in to share the traffic.
+    let (_, stopped_too) = tokio::sync::watch::channel(false);
+    let again = {
+        let gateway = gateway.clone();
+        let addr = serving.addr;
+        tokio::task::spawn_blocking(move || gateway.serve_threads(addr, 2, stopped_too))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        again.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::AddrInUse)
+    );
     let client = ticketrush_testkit::Client::new(serving.addr);
     // Many connections at once, spread by the kernel over the three listeners: every request
     // answered, and one balancer for all of them keeps nginx's 1:2:3:4 exactly.
