@@ -47,14 +47,13 @@ instructions() {
   "$GEN" bench --target "$URL" --sale s --users "$n" --connections 1 --threads 1 --no-check \
     --quiet "${gen_jwt[@]}" >/dev/null
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
-  sed -n 's/^summary: \([0-9]*\)$/\1/p' "$OUT"/cg.* | awk '{s += $1} END {print s}'
+  cg_total "$OUT"/cg.*
 }
 
 for bin in "$@"; do
   for c in $CASES; do
     a=$(instructions "$bin" "$c" "$SMALL")
     b=$(instructions "$bin" "$c" "$LARGE")
-    awk -v a="$a" -v b="$b" -v n=$((LARGE - SMALL)) -v c="$c" -v bin="$bin" \
-      'BEGIN { printf "%-40s %-9s %8.0f instructions per request\n", bin, c, (b - a) / n }'
+    cg_per_request "$a" "$b" "$SMALL" "$LARGE" "$bin" "$c"
   done
 done

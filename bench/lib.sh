@@ -25,6 +25,16 @@ median() {
     END { if (n % 2) print v[(n + 1) / 2]; else if (n) printf "%.15g\n", (v[n / 2] + v[n / 2 + 1]) / 2 }'
 }
 
+## Callgrind
+# The instructions of every callgrind output file given (a process and its parts).
+cg_total() { sed -n 's/^summary: \([0-9]*\)$/\1/p' "$@" | awk '{s += $1} END {print s}'; }
+# One line: LABEL... and the instructions per request of a run of SMALL and one of LARGE
+# requests (the difference over the difference, so start-up and shutdown cancel out).
+cg_per_request() { # cg_per_request INSTR_SMALL INSTR_LARGE REQUESTS_SMALL REQUESTS_LARGE LABEL...
+  awk -v a="$1" -v b="$2" -v n=$(($4 - $3)) -v l="$(printf '%-40s %-9s' "${@:5}")" \
+    'BEGIN { printf "%s %8.0f instructions per request\n", l, (b - a) / n }'
+}
+
 ## Processes
 # Builds this tree's release binary (quietly) and prints its path.
 release_bin() {

@@ -57,14 +57,13 @@ instructions() {
   "$GEN" bench --target "http://127.0.0.1:$PORT_TIER" --sale s --users "$n" --connections 1 \
     --threads 1 --no-check --quiet >/dev/null
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
-  sed -n 's/^summary: \([0-9]*\)$/\1/p' "$OUT"/cg.* | awk '{s += $1} END {print s}'
+  cg_total "$OUT"/cg.*
 }
 
 for bin in "$@"; do
   for t in $TIERS; do
     a=$(instructions "$bin" "$t" "$SMALL")
     b=$(instructions "$bin" "$t" "$LARGE")
-    awk -v a="$a" -v b="$b" -v n=$((LARGE - SMALL)) -v t="$t" -v bin="$bin" \
-      'BEGIN { printf "%-40s %-8s %8.0f instructions per request\n", bin, t, (b - a) / n }'
+    cg_per_request "$a" "$b" "$SMALL" "$LARGE" "$bin" "$t"
   done
 done

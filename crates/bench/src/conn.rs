@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::args::{Args, Endpoint, Target, RETRY_AFTER_MAX};
-use crate::http::{BODY_BYTES_MAX, CONNECT_TIMEOUT};
+use crate::http::{BODY_BYTES_MAX, CONNECT_TIMEOUT, READ_BUF_BYTES};
 use crate::timeline::{SecondCounts, Timeline};
 
 /// Users claimed from the shared counter at a time: one atomic add per 16 users.
@@ -477,18 +477,19 @@ impl Conn<'_> {
         match args.endpoint {
             Endpoint::Reservations => {
                 let path = &self.reserve_paths[args.sale_of(user)];
+                out.extend_from_slice(b"POST ");
+                out.extend_from_slice(path.as_bytes());
                 let len = user_body_len(&args.user_prefix, user);
-                self.write_head(out, "POST", path.as_bytes(), user, Some(len));
+                self.end_head(out, user, Some(len));
                 push_user_body(out, &args.user_prefix, user);
                 Method::POST
             }
             Endpoint::BuyTicket => {
-                let mut q = Vec::with_capacity(96);
-                q.extend_from_slice(b"/buy/ticket?sale_id=");
-                q.extend_from_slice(args.sales[args.sale_of(user)].as_str().as_bytes());
-                q.extend_from_slice(b"&user_id=");
-                push_user(&mut q, &args.user_prefix, user);
-                self.write_head(out, "GET", &q, user, None);
+                out.extend_from_slice(b"GET /buy/ticket?sale_id=");
+                out.extend_from_slice(args.sales[args.sale_of(user)].as_str().as_bytes());
+                out.extend_from_slice(b"&user_id=");
+                push_user(out, &args.user_prefix, user);
+                self.end_head(out, user, None);
                 Method::GET
             }
         }
@@ -503,31 +504,18 @@ impl Conn<'_> {
             Ok(_) => reservation,
             Err(_) => "invalid",
         };
-        let path = format!("/api/v1/reservations/{id}/pay");
         let prefix = &self.shared.args.user_prefix;
-        self.write_head(
-            out,
-            "POST",
-            path.as_bytes(),
-            user,
-            Some(user_body_len(prefix, user)),
-        );
+        out.extend_from_slice(b"POST /api/v1/reservations/");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"/pay");
+        self.end_head(out, user, Some(user_body_len(prefix, user)));
         push_user_body(out, prefix, user);
     }
 
-    /// The request line and headers: `Host`, a JSON body's type and length, the user's bearer
-    /// token with `--jwt-secret-file`.
-    fn write_head(
-        &self,
-        out: &mut Vec<u8>,
-        method: &str,
-        target: &[u8],
-        user: u64,
-        body: Option<usize>,
-    ) {
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(target);
+    /// The rest of a head after its method and target (written by the caller straight into
+    /// `out`): the version, `Host`, a JSON body's type and length, the user's bearer token
+    /// with `--jwt-secret-file`.
+    fn end_head(&self, out: &mut Vec<u8>, user: u64, body: Option<usize>) {
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(self.target.authority.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -538,7 +526,7 @@ impl Conn<'_> {
         }
         if let Some(len) = body {
             out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
-            push_digits(out, len as u64);
+            h1::push_decimal(out, len as u64);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -625,9 +613,6 @@ impl Link {
         Some(answer)
     }
 }
-
-/// Read buffer of a load connection: several answers' worth.
-const READ_BUF_BYTES: usize = 8 * 1024;
 
 /// Writes `out`, reads one answer: the answer and whether the connection may carry another.
 async fn exchange(
@@ -775,22 +760,7 @@ fn reservation_id(body: &[u8]) -> Option<&str> {
 /// Appends `prefix` and the decimal digits of `n`, without a formatter.
 fn push_user(out: &mut Vec<u8>, prefix: &str, n: u64) {
     out.extend_from_slice(prefix.as_bytes());
-    push_digits(out, n);
-}
-
-/// Appends the decimal digits of `n`.
-fn push_digits(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    h1::push_decimal(out, n);
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::args::Target;
 /// Longest wait to connect, or for a read of the sale.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read buffer of a load connection: several answers' worth.
-const READ_BUF_BYTES: usize = 8 * 1024;
+pub const READ_BUF_BYTES: usize = 8 * 1024;
 /// Largest answer body read: the list of every sale (`GET /api/v1/sales`, about 250 bytes a
 /// sale, at most 1,024 sales) with room to spare.
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;

@@ -175,36 +175,13 @@ impl Gateway {
         for i in 0..threads {
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
             let worker = Arc::new(proxy::Worker::own_pools(self.shared.clone()));
-            let mut stop = stop.clone();
-            // The first thread binds the address as given; the others bind the port it got.
-            let at = serving.addr;
+            let (at, stop) = (serving.addr, stop.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("gateway-{i}"))
                 .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = bound_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    runtime.block_on(async move {
-                        let listener = match reuseport_listener(at) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                let _ = bound_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                        let _ = bound_tx.send(listener.local_addr());
-                        let shutdown = async move {
-                            let _ = stop.wait_for(|stopped| *stopped).await;
-                        };
-                        server::serve(listener, worker, connections_max, shutdown).await;
-                    });
+                    if let Err(e) = serve_thread(at, worker, connections_max, stop, &bound_tx) {
+                        let _ = bound_tx.send(Err(e));
+                    }
                 })?;
             serving.threads.push(thread);
             match bound_rx.recv() {
@@ -215,6 +192,29 @@ impl Gateway {
         }
         Ok(serving)
     }
+}
+
+/// One thread of `serve_threads`: its runtime and listener (the bound address sent on `bound`
+/// once it listens), served until `stop`. A failure to start is answered to the caller.
+fn serve_thread(
+    at: SocketAddr,
+    worker: Arc<proxy::Worker>,
+    connections_max: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    bound: &std::sync::mpsc::Sender<std::io::Result<SocketAddr>>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = reuseport_listener(at)?;
+        let _ = bound.send(listener.local_addr());
+        let shutdown = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        server::serve(listener, worker, connections_max, shutdown).await;
+        Ok(())
+    })
 }
 
 /// A listener on `addr` that other listeners may share (`SO_REUSEPORT`).

@@ -19,6 +19,11 @@ use ticketrush_testkit::gateway::{
 };
 use ticketrush_testkit::wait_until;
 
+/// The gateway in front of one node, nginx's default failure settings.
+async fn gateway_to(addr: SocketAddr) -> ticketrush_testkit::gateway::TestGateway {
+    start_gateway(vec![NodeSpec { addr, weight: 1 }], Duration::from_secs(10)).await
+}
+
 #[tokio::test]
 async fn gateway_spreads_1_2_3_4_in_nginx_order_exactly() {
     let (nodes, specs) = four_nodes().await;
@@ -40,14 +45,7 @@ async fn gateway_spreads_1_2_3_4_in_nginx_order_exactly() {
 #[tokio::test]
 async fn gateway_passes_a_node_answer_through_with_its_node_id() {
     let node = Node::start("solo").await;
-    let gw = start_gateway(
-        vec![NodeSpec {
-            addr: node.addr,
-            weight: 1,
-        }],
-        Duration::from_secs(10),
-    )
-    .await;
+    let gw = gateway_to(node.addr).await;
     let created = gw.client.create_sale("GW1", 1, json!({})).await;
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(node_id(&created.headers), "solo");
@@ -222,7 +220,7 @@ async fn counting_node() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn gateway_keeps_its_connections_to_a_node_alive() {
     let (addr, accepted) = counting_node().await;
-    let gw = start_gateway(vec![NodeSpec { addr, weight: 1 }], Duration::from_secs(10)).await;
+    let gw = gateway_to(addr).await;
     let ids = sequential_node_ids(&gw.client, 100).await;
     assert!(ids.iter().all(|id| id == "counted"));
     assert_eq!(
@@ -352,14 +350,7 @@ async fn raw_get(gw: &std::net::SocketAddr, path: &str) -> (u16, String, Vec<u8>
 #[tokio::test]
 async fn gateway_reads_chunked_close_delimited_and_large_answers_whole() {
     let node = RawNode::start().await;
-    let gw = start_gateway(
-        vec![NodeSpec {
-            addr: node.addr,
-            weight: 1,
-        }],
-        Duration::from_secs(10),
-    )
-    .await;
+    let gw = gateway_to(node.addr).await;
     let (status, id, body) = raw_get(&gw.addr, "/chunked").await;
     assert_eq!(
         (status, id.as_str(), &body[..]),
@@ -388,14 +379,7 @@ async fn gateway_reads_chunked_close_delimited_and_large_answers_whole() {
 #[tokio::test]
 async fn gateway_does_not_reuse_a_connection_the_node_has_closed() {
     let node = RawNode::start().await;
-    let gw = start_gateway(
-        vec![NodeSpec {
-            addr: node.addr,
-            weight: 1,
-        }],
-        Duration::from_secs(10),
-    )
-    .await;
+    let gw = gateway_to(node.addr).await;
     for round in 1..=3 {
         // Answered with keep-alive, then closed by the node while idle in the gateway's pool.
         let (status, _, body) = raw_get(&gw.addr, "/then-close").await;
