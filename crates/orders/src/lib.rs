@@ -9,7 +9,7 @@
 //!
 //! The cluster's pipeline:
 //! The Redis scripts append an event to a sale's stream in the same atomic step as each change
-//! (`crates/store/lua/prelude.lua`, `emit_reservation`); every reservation event carries the
+//! (`crates/store/lua/holds.lua`, `emit_reservation`); every reservation event carries the
 //! whole record, so one event is enough to write a row. The [`writer`] reads the streams
 //! through one consumer group shared by every writer, writes a batch with one multi-row upsert,
 //! and acknowledges the entries only after the commit. The upsert is idempotent (the

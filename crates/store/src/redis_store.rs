@@ -142,8 +142,9 @@ impl RedisConfig {
     }
 }
 
-/// The scripts, each the shared prelude followed by its own body. `Script` keeps the SHA1 and
-/// calls EVALSHA, loading the script again when Redis answers NOSCRIPT (after a restart).
+/// The scripts, each the shared prelude (and, but for `reserve_batch`, the hold helpers)
+/// followed by its own body. `Script` keeps the SHA1 and calls EVALSHA, loading the script
+/// again when Redis answers NOSCRIPT (after a restart).
 struct Scripts {
     create_sale: Script,
     reserve_batch: Script,
@@ -157,21 +158,27 @@ struct Scripts {
 
 impl Scripts {
     fn load() -> Scripts {
-        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        let full = |body: &str| Script::new(&format!("{PRELUDE}\n{HOLDS}\n{body}"));
         Scripts {
-            create_sale: with_prelude(include_str!("../lua/create_sale.lua")),
-            reserve_batch: with_prelude(include_str!("../lua/reserve_batch.lua")),
-            settle: with_prelude(include_str!("../lua/settle.lua")),
-            reap: with_prelude(include_str!("../lua/reap.lua")),
-            lookup: with_prelude(include_str!("../lua/lookup.lua")),
-            queue_join: with_prelude(include_str!("../lua/queue_join.lua")),
-            queue_entry: with_prelude(include_str!("../lua/queue_entry.lua")),
-            waitlist: with_prelude(include_str!("../lua/waitlist.lua")),
+            create_sale: full(include_str!("../lua/create_sale.lua")),
+            // The hot path: only what it uses, since a script defines its functions anew on
+            // every call.
+            reserve_batch: Script::new(&format!(
+                "{PRELUDE}\n{}",
+                include_str!("../lua/reserve_batch.lua")
+            )),
+            settle: full(include_str!("../lua/settle.lua")),
+            reap: full(include_str!("../lua/reap.lua")),
+            lookup: full(include_str!("../lua/lookup.lua")),
+            queue_join: full(include_str!("../lua/queue_join.lua")),
+            queue_entry: full(include_str!("../lua/queue_entry.lua")),
+            waitlist: full(include_str!("../lua/waitlist.lua")),
         }
     }
 }
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
+const HOLDS: &str = include_str!("../lua/holds.lua");
 
 /// The keys of one sale, all under the hash tag `{sale:ID}` (one Redis Cluster slot). Only
 /// the scripts in `lua/` write them; Rust reads a few by name.
@@ -666,31 +673,26 @@ impl RedisStore {
         items: Vec<ReserveItem>,
     ) -> StoreResult<BatchOutcome> {
         let backlog = self.config.events_backlog_max.to_string();
-        let mut args: Vec<&str> = Vec::with_capacity(1 + 3 * items.len());
+        let count = items.len().to_string();
+        // The ids and the users each contiguous (the script reads them in slices), then the
+        // keys that are given, each after its item's number.
+        let keyed: Vec<(String, &str)> = (1..)
+            .zip(&items)
+            .filter_map(|(j, it)| Some((j.to_string(), it.idempotency_key.as_ref()?.as_str())))
+            .collect();
+        let mut args: Vec<&str> = Vec::with_capacity(2 + 2 * items.len() + 2 * keyed.len());
         args.push(&backlog);
-        for it in &items {
-            args.push(it.id.as_str());
-            args.push(it.user_id.as_str());
-            args.push(it.idempotency_key.as_ref().map_or("", |k| k.as_str()));
+        args.push(&count);
+        args.extend(items.iter().map(|it| it.id.as_str()));
+        args.extend(items.iter().map(|it| it.user_id.as_str()));
+        for (number, key) in &keyed {
+            args.push(number);
+            args.push(key);
         }
         let reply = self
             .run_write(&self.scripts.reserve_batch, sale_id, &args)
             .await?;
-        if reply.len() != 3 + items.len() {
-            return Err(bad_reply("reserve_batch", &reply));
-        }
-        let created = UnixMs(parse_num(&reply[0])?);
-        let expires = UnixMs(parse_num(&reply[1])?);
-        let available = parse_num(&reply[2])?.max(0) as u64;
-        let outcomes = items
-            .into_iter()
-            .zip(&reply[3..])
-            .map(|(item, answer)| outcome(sale_id, item, answer, created, expires))
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(BatchOutcome {
-            outcomes,
-            available,
-        })
+        batch_outcome(sale_id, items, &reply)
     }
 
     /// One reaper pass over every sale, starting one sale further each pass so a sale with
@@ -903,16 +905,54 @@ pub fn parse_record(id: ReservationId, sale: &SaleId, record: &str) -> StoreResu
     })
 }
 
-/// One item's answer of `reserve_batch.lua`.
-fn outcome(
+/// `reserve_batch.lua`'s answer (after 'OK'): created, expires, available, one letter per
+/// item, then an extra element for each 'A' and 'P' in order. Anything else is refused whole.
+fn batch_outcome(
+    sale_id: &SaleId,
+    items: Vec<ReserveItem>,
+    reply: &[String],
+) -> StoreResult<BatchOutcome> {
+    let [created, expires, available, letters, extra @ ..] = reply else {
+        return Err(bad_reply("reserve_batch", reply));
+    };
+    if letters.len() != items.len() {
+        return Err(bad_reply("reserve_batch", reply));
+    }
+    let created = UnixMs(parse_num(created)?);
+    let expires = UnixMs(parse_num(expires)?);
+    let available = parse_num(available)?.max(0) as u64;
+    let mut extra = extra.iter();
+    let outcomes = items
+        .into_iter()
+        .zip(letters.bytes())
+        .map(|(item, letter)| outcome(sale_id, item, letter, &mut extra, created, expires))
+        .collect::<StoreResult<Vec<_>>>()?;
+    if extra.next().is_some() {
+        return Err(bad_reply("reserve_batch", reply));
+    }
+    Ok(BatchOutcome {
+        outcomes,
+        available,
+    })
+}
+
+/// One item's answer of `reserve_batch.lua`: its letter, and for 'A' and 'P' the next of the
+/// reply's extra elements.
+fn outcome<'a>(
     sale_id: &SaleId,
     item: ReserveItem,
-    answer: &str,
+    letter: u8,
+    extra: &mut impl Iterator<Item = &'a String>,
     created_at: UnixMs,
     expires_at: UnixMs,
 ) -> StoreResult<ReserveOutcome> {
-    match answer {
-        "R" => Ok(ReserveOutcome::Reserved(Reservation {
+    let mut next_extra = || {
+        extra
+            .next()
+            .ok_or_else(|| StoreError::Unavailable("reserve_batch answer too short".into()))
+    };
+    match letter {
+        b'R' => Ok(ReserveOutcome::Reserved(Reservation {
             id: item.id,
             sale_id: sale_id.clone(),
             user_id: item.user_id,
@@ -922,23 +962,27 @@ fn outcome(
             paid_at: None,
             updated_at: created_at,
         })),
-        "L" => Ok(ReserveOutcome::LimitReached),
-        "N" => Ok(ReserveOutcome::NoStock),
+        b'L' => Ok(ReserveOutcome::LimitReached),
+        b'N' => Ok(ReserveOutcome::NoStock),
         // The call was applied before (re-sent after a lost reply): the item's reservation.
-        _ if answer.starts_with("A ") => Ok(ReserveOutcome::Reserved(parse_record(
+        b'A' => Ok(ReserveOutcome::Reserved(parse_record(
             item.id.clone(),
             sale_id,
-            &answer[2..],
+            next_extra()?,
         )?)),
-        _ => {
+        b'P' => {
+            let answer = next_extra()?;
             let (id, record) = answer
-                .strip_prefix("P ")
-                .and_then(|rest| rest.split_once(' '))
+                .split_once(' ')
                 .ok_or_else(|| StoreError::Unavailable(format!("bad item answer {answer:?}")))?;
             let id = ReservationId::parse(id)
                 .map_err(|_| StoreError::Unavailable(format!("bad reservation id {id:?}")))?;
             Ok(ReserveOutcome::Replayed(parse_record(id, sale_id, record)?))
         }
+        other => Err(StoreError::Unavailable(format!(
+            "bad item answer {:?}",
+            char::from(other)
+        ))),
     }
 }
 
@@ -1200,5 +1244,51 @@ mod tests {
         assert_eq!(r.paid_at, None);
         assert!(parse_record(id.clone(), &sale, "bogus 1 2 3 4 u").is_err());
         assert!(parse_record(id, &sale, "reserved 1 2").is_err());
+    }
+
+    #[test]
+    fn a_batch_answer_is_one_letter_per_item_and_an_extra_per_replay() {
+        let sale = SaleId::parse("S").unwrap();
+        let item = |n: u32| ReserveItem {
+            id: ReservationId::parse(&format!("r{n}.S")).unwrap(),
+            user_id: UserId::parse(&format!("u{n}")).unwrap(),
+            idempotency_key: None,
+        };
+        let items: Vec<ReserveItem> = (1..=5).map(item).collect();
+        let reply = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let ok = reply(&[
+            "10",
+            "20",
+            "7",
+            "RPALN",
+            "r0.S paid 1 2 3 3 u2",
+            "reserved 10 20 0 10 u3",
+        ]);
+        let out = batch_outcome(&sale, items.clone(), &ok).unwrap();
+        assert_eq!(out.available, 7);
+        let [ReserveOutcome::Reserved(r), ReserveOutcome::Replayed(p), ReserveOutcome::Reserved(a), ReserveOutcome::LimitReached, ReserveOutcome::NoStock] =
+            &out.outcomes[..]
+        else {
+            panic!("{:?}", out.outcomes);
+        };
+        assert_eq!(
+            (r.id.as_str(), r.created_at, r.expires_at),
+            ("r1.S", UnixMs(10), UnixMs(20))
+        );
+        assert_eq!((p.id.as_str(), p.state), ("r0.S", ReservationState::Paid));
+        assert_eq!((a.id.as_str(), a.user_id.as_str()), ("r3.S", "u3"));
+        // Too few or too many extras, a letter per item short, an unknown letter: refused.
+        for bad in [
+            reply(&["10", "20", "7", "RPALN", "r0.S paid 1 2 3 3 u2"]),
+            reply(&["10", "20", "7", "RRRLN", "reserved 10 20 0 10 u3"]),
+            reply(&["10", "20", "7", "RRRL"]),
+            reply(&["10", "20", "7", "RRRLX"]),
+            reply(&["10", "20", "7"]),
+        ] {
+            assert!(
+                batch_outcome(&sale, items.clone(), &bad).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }
