@@ -8,7 +8,8 @@
 # buffer), not the kernel's write and fsync: the AOF bytes per reservation stand for those.
 #   bench/redis-callgrind.sh
 #   BATCH=16 SMALL=50 LARGE=300 bench/redis-callgrind.sh
-#   LUA_DIR=/tmp/other/crates/store/lua bench/redis-callgrind.sh   (another tree's scripts)
+#   LUA_DIR=/tmp/other/crates/store/lua bench/redis-callgrind.sh   (another tree's scripts;
+#     LAYOUT=triples for a tree before stop 25)
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 BATCH=${BATCH:-32}

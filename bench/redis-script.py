@@ -15,6 +15,9 @@ import sys
 
 LUA = os.environ.get("LUA_DIR") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "crates", "store", "lua")
+# LAYOUT=triples drives the scripts of trees before stop 25 (LUA_DIR=that tree's lua/): their
+# reserve_batch took an id, a user and a key per item and answered an element per item.
+TRIPLES = os.environ.get("LAYOUT") == "triples"
 # SaleKeys::in_script_order (crates/store/src/redis_store.rs)
 SUFFIXES = ["sale", "leases", "users", "idem", "res", "due", "events", "queue", "qpre", "wl",
             "wlq", "dueb"]
@@ -129,12 +132,16 @@ def main():
                 n //= 32
             ids.append("".join(code) + "." + sale)
             users.append(f"u{seq}")
-        # reserve_batch.lua's ARGV: backlog, n, the ids, the users (no idempotency keys).
-        args = ["200000", batch] + ids + users
+        if TRIPLES:
+            # Scripts before stop 25: backlog, then id, user, key for each item.
+            args = ["200000"] + [a for i, u in zip(ids, users) for a in (i, u, "")]
+        else:
+            # reserve_batch.lua's ARGV: backlog, n, the ids, the users (no idempotency keys).
+            args = ["200000", batch] + ids + users
         reply = r.call("EVALSHA", reserve, len(keys), *keys, *args)
         if reply[0] != "OK":
             raise SystemExit(f"reserve_batch: {reply}")
-        won += reply[4].count("R")
+        won += sum(a == "R" for a in reply[4:]) if TRIPLES else reply[4].count("R")
     cpu1 = info(r, "cpu")
     aof1 = int(info(r, "persistence").get("aof_current_size", "0"))
     calls1 = inner_calls(r)
