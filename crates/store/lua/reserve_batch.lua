@@ -146,7 +146,7 @@ end
 call_chunked('HSET', K_IDEM, idem_args)
 call_chunked('HSET', K_USERS, user_args)
 -- Both counts in one write: the script runs alone, so the values read above still stand.
-redis.call('HSET', K_SALE, 'pool', fmt(pool - taken), 'reserved', fmt(tonumber(sale[6]) + taken))
+redis.call('HSET', K_SALE, 'pool', fmt(pool - taken), 'reserved', fmt(tonumber(sale[6] or '0') + taken))
 -- r and u list the ids and users in the same order (neither contains a space).
 emit({'t', 'reserved', 'r', table.concat(ids, ' '), 'u', table.concat(new_users, ' '),
   'c', now_s, 'e', expires_s, 'p', '0', 'm', now_s})
