@@ -108,6 +108,49 @@ pub struct ConnResult {
     pub won_at_us: Vec<u64>,
     /// Bound of both lists above, per task.
     pub times_max: usize,
+    /// The winners' latencies (µs), a uniform sample: every `win_stride`-th win of this task.
+    pub wins: WinSample,
+}
+
+/// A uniform sample of one task's win latencies in at most `max` entries: every win until it is
+/// full, then every other one kept and every second win taken from then on, and so on, so the
+/// sample spans the whole run evenly. Merged with each entry weighing `stride` wins.
+pub struct WinSample {
+    pub latency_us: Vec<u32>,
+    pub stride: u64,
+    seen: u64,
+    max: usize,
+}
+
+impl WinSample {
+    pub fn new(max: usize) -> WinSample {
+        WinSample {
+            latency_us: Vec::new(),
+            stride: 1,
+            seen: 0,
+            max: max.max(2),
+        }
+    }
+
+    pub fn record(&mut self, latency_us: u64) {
+        self.seen += 1;
+        if !self.seen.is_multiple_of(self.stride) {
+            return;
+        }
+        if self.latency_us.len() >= self.max {
+            let mut i: usize = 0;
+            self.latency_us.retain(|_| {
+                i += 1;
+                i.is_multiple_of(2)
+            });
+            self.stride *= 2;
+            if !self.seen.is_multiple_of(self.stride) {
+                return;
+            }
+        }
+        self.latency_us
+            .push(u32::try_from(latency_us).unwrap_or(u32::MAX));
+    }
 }
 
 /// Most answer times one run keeps in all, shared out over its connections.
@@ -239,6 +282,7 @@ pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> Con
             sold_out_by_sale: vec![0; args.sales.len()],
             won_at_us: Vec::new(),
             times_max: (ANSWER_TIMES_MAX / args.connections.max(1) as usize).max(1024),
+            wins: WinSample::new((ANSWER_TIMES_MAX / args.connections.max(1) as usize).max(1024)),
         },
     };
     conn.drive().await;
@@ -375,6 +419,7 @@ impl Conn<'_> {
             matches!(o, Outcome::Won),
         );
         if let Outcome::Won = o {
+            self.out.wins.record(latency_us);
             let since = done.saturating_duration_since(self.shared.started);
             self.shared.timeline.record_win(since);
             self.out.last_success = Some(since);
@@ -812,6 +857,31 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(v["user_id"], format!("{prefix}{user}"));
         }
+    }
+
+    #[test]
+    fn the_win_sample_stays_bounded_and_even_over_the_run() {
+        let mut w = WinSample::new(8);
+        for latency in 1..=5 {
+            w.record(latency);
+        }
+        assert_eq!(
+            (w.latency_us.as_slice(), w.stride),
+            (&[1, 2, 3, 4, 5][..], 1)
+        );
+        // Win n has latency n: the sample is always the wins stride, 2 stride, 3 stride, ...
+        for latency in 6..=1_000 {
+            w.record(latency);
+            assert!(w.latency_us.len() <= 8);
+            let expected: Vec<u32> = (1..=w.latency_us.len() as u32)
+                .map(|k| k * w.stride as u32)
+                .collect();
+            assert_eq!(w.latency_us, expected, "after win {latency}");
+        }
+        assert_eq!(w.stride, 128);
+        // Each entry weighs `stride` wins: together they stand for every win but the last few.
+        let covered = w.latency_us.len() as u64 * w.stride;
+        assert!(covered <= 1_000 && 1_000 - covered < w.stride, "{covered}");
     }
 
     #[test]

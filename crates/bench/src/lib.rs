@@ -260,6 +260,7 @@ fn build_report(
     let args = &shared.args;
     let mut counts = Counts::default();
     let mut latency = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
+    let mut win_latency = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
     let mut by_node = BTreeMap::new();
     let mut gave_up_on_target = false;
     let mut last_success = None;
@@ -270,6 +271,9 @@ fn build_report(
             latency
                 .record_n(v.value_iterated_to(), u64::from(v.count_at_value()))
                 .context("merging histograms")?;
+        }
+        for &us in &r.wins.latency_us {
+            win_latency.saturating_record_n(u64::from(us).max(1), r.wins.stride);
         }
         gave_up_on_target |= r.gave_up_on_target;
         last_success = last_success.max(r.last_success);
@@ -308,6 +312,7 @@ fn build_report(
         duration_s,
         rps: requests as f64 / duration_s,
         latency_ms: Latency::of(&latency),
+        win_latency_ms: Latency::of(&win_latency),
         last_success_s: last_success.map(|d| d.as_secs_f64()),
         early_sold_out: early_sold_out(&results).count,
         tail_ms: tail_of_wins(&results, counts.succeeded),

@@ -26,6 +26,15 @@ fn assert_consistent(r: &Report) {
     assert!(l.p50 > 0.0, "{l:?}");
     assert!(l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max);
     assert_eq!(r.by_node.values().sum::<u64>(), r.succeeded);
+    // Below a few million wins the winners' latency covers each of them exactly.
+    let w = &r.win_latency_ms;
+    assert_eq!(w.samples, r.succeeded);
+    if r.succeeded > 0 {
+        assert!(
+            w.p50 > 0.0 && w.p50 <= w.p99 && w.p99 <= w.max && w.max <= l.max,
+            "{w:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +71,12 @@ async fn report_counts_equal_what_the_store_holds() {
     }
     for key in ["p50", "p90", "p99", "p999", "max"] {
         assert!(file["latency_ms"][key].is_number(), "latency_ms.{key}");
+        assert!(
+            file["win_latency_ms"][key].is_number(),
+            "win_latency_ms.{key}"
+        );
     }
+    assert_eq!(file["win_latency_ms"]["samples"], 300);
     assert_eq!(file["succeeded"], 300);
     let svg = std::fs::read_to_string(dir.0.join("chart.svg")).unwrap();
     assert!(
