@@ -82,7 +82,7 @@ wrk_rps=$(median < "$OUT/wrk.all")
 gen_rps=$(median < "$OUT/gen.all")
 echo "ceiling, wrk (median):   rps $wrk_rps"
 echo "ceiling, bench (median): rps $gen_rps"
-echo "sale, bench:             rps $sale_rps  p99 $(p99 "$OUT/sale.json") ms" \
+echo "sale, bench:             rps $sale_rps  p99 $(p99 "$OUT/sale.json") ms, wins' p99 $(win_p99 "$OUT/sale.json") ms" \
   "(succeeded $(field "$OUT/sale.json" succeeded), sold_out $(field "$OUT/sale.json" sold_out)," \
   "errors $(field "$OUT/sale.json" errors), last success at $(field "$OUT/sale.json" last_success_s) s)"
 awk -v g="$gen_rps" -v w="$wrk_rps" -v s="$sale_rps" 'BEGIN {

@@ -20,7 +20,8 @@ USERS=${USERS:-$TICKETS}
 CONNS=${CONNS:-96}
 BASE=${BASE:-18300}
 PG=${PG:-1}
-# SINGLE=0 skips step 3; SERVE_FLAGS: extra flags for every node (an A/B of a setting).
+# SINGLE=0 skips step 3; SERVE_FLAGS: extra flags for the nodes of steps 2 and 3 (an A/B of a
+# setting).
 SINGLE=${SINGLE:-1}
 # Worker threads per server process, the same for the ceiling and the nodes. Three processes
 # of two workers each on two cores mostly preempt one another; one each is the fair setup
@@ -110,7 +111,7 @@ if [ "$SINGLE" = 1 ]; then
 fi
 
 if [ "$PG" = 1 ]; then
-  echo "== 4. order writer: drain a backlog of the per-request sale's $TICKETS reservations"
+  echo "== 4. order writer: drain a backlog of $TICKETS reservations"
   # The 'single' sale ran with no writer attached, so its stream kept only ~100,000 recent
   # events: make a fresh one with the writer flag set first, filled while no writer runs.
   $BIN order-writer --redis "$REDIS_URL" --postgres "$PG_URL" --consumer attach >/dev/null 2>&1 &

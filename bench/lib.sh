@@ -11,8 +11,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ## Reports
 # A top-level number of a report written by `ticketrush bench --json` (two-space indent).
 field() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),\{0,1\}$/\1/p" "$1"; }
-# The p99 latency of such a report, in ms.
-p99() { sed -n 's/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
+# The p99 latency of such a report (every answer's: `latency_ms`, not `win_latency_ms`), in ms.
+p99() { sed -n '/^  "latency_ms": {/,/^  }/ s/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
+# The wins' p99 latency of such a report, in ms.
+win_p99() { sed -n '/^  "win_latency_ms": {/,/^  }/ s/^    "p99": \([0-9.]*\),$/\1/p' "$1"; }
 # From the output of `wrk --latency` (a file): requests per second, requests in all, and the
 # p99 latency as wrk prints it, unit included (e.g. 1.23ms).
 wrk_rps() { awk '/Requests\/sec/ {print $2}' "$1"; }

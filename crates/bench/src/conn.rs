@@ -108,7 +108,7 @@ pub struct ConnResult {
     pub won_at_us: Vec<u64>,
     /// Bound of both lists above, per task.
     pub times_max: usize,
-    /// The winners' latencies (µs), a uniform sample: every `win_stride`-th win of this task.
+    /// The winners' latencies (µs), an even sample: every `wins.stride`-th win of this task.
     pub wins: WinSample,
 }
 

@@ -100,8 +100,9 @@ pub struct Report {
     pub duration_s: f64,
     pub rps: f64,
     pub latency_ms: Latency,
-    /// The wins' latency alone: how long a winner waited for the hold (a sample of at most
-    /// a few million wins in all, spread evenly over the run, each standing for as many).
+    /// The wins' latency alone: how long a winner waited for the hold. Exact unless a
+    /// connection had more wins than its share of `ANSWER_TIMES_MAX`; then an even sample of
+    /// that connection's wins, each standing for as many (`conn::WinSample`).
     pub win_latency_ms: Latency,
     /// Seconds from the start to the last success (for a sale: when the last ticket went).
     pub last_success_s: Option<f64>,
