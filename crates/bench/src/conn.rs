@@ -112,7 +112,7 @@ pub struct ConnResult {
     pub wins: WinSample,
 }
 
-/// A uniform sample of one task's win latencies in at most `max` entries: every win until it is
+/// An even sample of one task's win latencies in at most `max` entries: every win until it is
 /// full, then every other one kept and every second win taken from then on, and so on, so the
 /// sample spans the whole run evenly. Merged with each entry weighing `stride` wins.
 pub struct WinSample {
@@ -258,6 +258,8 @@ pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> Con
             path
         })
         .collect();
+    // This task's share of the answer times the run keeps (and of its wins' latencies).
+    let times_max = (ANSWER_TIMES_MAX / args.connections.max(1) as usize).max(1024);
     let mut conn = Conn {
         shared: &shared,
         index,
@@ -281,8 +283,8 @@ pub async fn run_connection(shared: std::sync::Arc<Shared>, index: usize) -> Con
             sold_out_at_us: Vec::new(),
             sold_out_by_sale: vec![0; args.sales.len()],
             won_at_us: Vec::new(),
-            times_max: (ANSWER_TIMES_MAX / args.connections.max(1) as usize).max(1024),
-            wins: WinSample::new((ANSWER_TIMES_MAX / args.connections.max(1) as usize).max(1024)),
+            times_max,
+            wins: WinSample::new(times_max),
         },
     };
     conn.drive().await;

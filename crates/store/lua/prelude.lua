@@ -75,23 +75,31 @@ end
 -- so field/value and score/member pairs stay whole).
 local UNPACK_MAX = 1000
 
-local function slice(args, from)
-  return unpack(args, from, math.min(from + UNPACK_MAX - 1, #args))
+-- args[from], ... up to UNPACK_MAX of them, none past args[last].
+local function slice(args, from, last)
+  return unpack(args, from, math.min(from + UNPACK_MAX - 1, last))
 end
 
 -- Runs `cmd key args...` in slices; nothing when args is empty.
 local function call_chunked(cmd, key, args)
   for from = 1, #args, UNPACK_MAX do
-    redis.call(cmd, key, slice(args, from))
+    redis.call(cmd, key, slice(args, from, #args))
   end
 end
 
--- HMGET in slices; answers the values in the order of `fields`.
-local function hmget_chunked(key, fields)
+-- HMGET of the fields list[first..last] (the whole list by default; ARGV works too), in
+-- slices; answers the values in the fields' order, {} for no fields.
+local function hmget_chunked(key, list, first, last)
+  first, last = first or 1, last or #list
+  if last - first < UNPACK_MAX then
+    if last < first then
+      return {}
+    end
+    return redis.call('HMGET', key, unpack(list, first, last))
+  end
   local out = {}
-  for from = 1, #fields, UNPACK_MAX do
-    local part = redis.call('HMGET', key, slice(fields, from))
-    for _, value in ipairs(part) do
+  for from = first, last, UNPACK_MAX do
+    for _, value in ipairs(redis.call('HMGET', key, slice(list, from, last))) do
       out[#out + 1] = value
     end
   end

@@ -44,25 +44,11 @@ if n == 0 then
   return {'OK', now_s, expires_s, fmt(pool + leased), ''}
 end
 
--- HMGET of ARGV[from + 1 .. from + count] (in slices of at most UNPACK_MAX fields).
-local function hmget_argv(key, from, count)
-  if count <= UNPACK_MAX then
-    return redis.call('HMGET', key, unpack(ARGV, from + 1, from + count))
-  end
-  local out = {}
-  for s = from + 1, from + count, UNPACK_MAX do
-    local part = redis.call('HMGET', key, unpack(ARGV, s, math.min(s + UNPACK_MAX - 1, from + count)))
-    for _, v in ipairs(part) do
-      out[#out + 1] = v
-    end
-  end
-  return out
-end
-local counts = hmget_argv(K_USERS, USER0, n)
+local counts = hmget_chunked(K_USERS, ARGV, USER0 + 1, USER0 + n)
 -- Ids already recorded: this call was applied before and is being re-sent. Each such item
 -- answers what it got, takes nothing. (Reading every id back costs less than a mark per
 -- call would: each command a script runs has a fixed cost of thousands of instructions.)
-local stored = hmget_argv(K_RES, ID0, n)
+local stored = hmget_chunked(K_RES, ARGV, ID0 + 1, ID0 + n)
 -- keyed[j]: item j's user and key joined as the idem hash's field; seen[that]: its id.
 local keyed, seen = {}, {}
 local idem_keys = {}
