@@ -432,13 +432,15 @@ impl<'c> Statements<'c> {
 
     /// A reservation's row as it was made (`reserved`); nothing if the row exists.
     fn insert_row(&mut self, r: &ticketrush_core::Reservation) -> rusqlite::Result<()> {
+        // A new row was last updated when it was made: one string for both columns.
+        let created = r.created_at.to_rfc3339();
         self.insert.execute(params![
             r.id.as_str(),
             r.sale_id.as_str(),
             r.user_id.as_str(),
-            r.created_at.to_rfc3339(),
+            created,
             r.expires_at.to_rfc3339(),
-            r.created_at.to_rfc3339(),
+            created,
         ])?;
         Ok(())
     }
