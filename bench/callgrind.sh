@@ -6,14 +6,20 @@
 # shutdown cancelling out. Cases: the ceiling (hello-world), the sold-out answer (a sale of
 # 10 tickets, then losers), and the win (a sale larger than the run: every request a new hold,
 # journaled and fsynced); with proven users (`--user-auth jwt`, HS256, the generator minting a
-# token per request) the same two: sold-out-jwt and win-jwt. Needs valgrind.
+# token per request) the same two: sold-out-jwt and win-jwt; and win-redis, the win on a node
+# over a redis-server of this script's (appendfsync always), not in the default set. Needs
+# valgrind.
 #   bench/callgrind.sh [BIN...]      (default: this tree's release build)
-#   CASES="sold-out sold-out-jwt" bench/callgrind.sh   (default: all five)
+#   CASES="sold-out sold-out-jwt" bench/callgrind.sh   (default: all but win-redis)
+#   CONNS=64 CASES=win-redis bench/callgrind.sh        (connections: 1 by default; more fill
+#                                                       batches as a loaded node's are)
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 SMALL=${SMALL:-1000}
 LARGE=${LARGE:-6000}
 PORT=${PORT:-18383}
+CONNS=${CONNS:-1}
+REDIS_PORT=$((PORT + 1))
 GEN=${GEN:-}
 command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind" >&2; exit 1; }
 if [ $# -eq 0 ]; then
@@ -30,8 +36,8 @@ JWT=(--user-auth jwt --jwt-secret-file "$OUT/jwt-secret")
 
 # $1 binary, $2 case, $3 requests: answers the instructions the server executed.
 instructions() {
-  local bin=$1 case=$2 n=$3 sale tickets gen_jwt=()
-  rm -rf "$OUT/data" "$OUT"/cg.*
+  local bin=$1 case=$2 n=$3 sale tickets gen_jwt=() redis=""
+  rm -rf "$OUT/data" "$OUT/redis" "$OUT"/cg.*
   local serve=(serve --data-dir "$OUT/data" --admin-token b --log warn --drain-seconds 0)
   case $case in
     ceiling) set -- "$bin" ceiling ;;
@@ -39,14 +45,19 @@ instructions() {
     win) set -- "$bin" "${serve[@]}" --sale "s:1000000" ;;
     sold-out-jwt) set -- "$bin" "${serve[@]}" --sale "s:10" "${JWT[@]}"; gen_jwt=(--jwt-secret-file "$OUT/jwt-secret") ;;
     win-jwt) set -- "$bin" "${serve[@]}" --sale "s:1000000" "${JWT[@]}"; gen_jwt=(--jwt-secret-file "$OUT/jwt-secret") ;;
+    win-redis)
+      start_redis "$REDIS_PORT" "$OUT/redis"
+      redis=$REDIS_PID
+      set -- "$bin" "${serve[@]}" --sale "s:1000000" --redis "redis://127.0.0.1:$REDIS_PORT" ;;
   esac
   valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" "$@" --listen "127.0.0.1:$PORT" \
     --workers 1 >/dev/null 2>"$OUT/vg.txt" &
   local pid=$!
   wait_url "$URL" 30 || true
-  "$GEN" bench --target "$URL" --sale s --users "$n" --connections 1 --threads 1 --no-check \
-    --quiet "${gen_jwt[@]}" >/dev/null
+  "$GEN" bench --target "$URL" --sale s --users "$n" --connections "$CONNS" --threads 1 \
+    --no-check --quiet "${gen_jwt[@]}" >/dev/null
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  if [ -n "$redis" ]; then stop "$redis"; fi
   cg_total "$OUT"/cg.*
 }
 

@@ -1,44 +1,66 @@
 #!/usr/bin/env bash
-# The winners' path on one embedded node, an older build (BEFORE) against this tree's (AFTER):
-# a sale too large to sell out, every request a new user and a win (a hold journaled, fsynced
-# and written to the orders table), `ticketrush bench` with CONNS connections for SECONDS_RUN
-# seconds, interleaved ROUNDS times with the hello-world ceiling on the same stack. Prints each
-# run's reservations/s and p99, then the medians and their ratio to the ceiling.
+# The winners' path, an older build (BEFORE) against this tree's (AFTER): a sale too large to
+# sell out, every request a new user and a win, `ticketrush bench` with CONNS connections for
+# SECONDS_RUN seconds, interleaved ROUNDS times with the hello-world ceiling on the same stack.
+# Prints each run's reservations/s and p99, then the medians and their ratio to the ceiling.
 #   BEFORE=/tmp/ticketrush-before bench/win-ab.sh
+# By default one embedded node (a hold journaled, fsynced and written to the orders table).
+# REDIS=1: NODES nodes (default 1) over one redis-server of this script's (appendfsync
+# always; emptied before every run), WORKERS worker threads each (default 1), against NODES
+# ceilings of as many workers: cluster.sh's layout, but interleaved, so that the ratio does
+# not rest on one ceiling measured minutes away from the sale.
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
 : "${BEFORE:?set BEFORE to the older ticketrush binary}"
 CONNS=${CONNS:-64}
 SECONDS_RUN=${SECONDS_RUN:-8}
 ROUNDS=${ROUNDS:-3}
-PORT=${PORT:-18484}
+REDIS=${REDIS:-0}
+NODES=${NODES:-1}
+WORKERS=${WORKERS:-1}
+BASE=${BASE:-18483}
 AFTER=$(release_bin)
 OUT=$(mktemp -d)
 trap 'stop_jobs; rm -rf "$OUT"' EXIT
-URL="http://127.0.0.1:$PORT"
+[ "$REDIS" = 1 ] || NODES=1
+REDIS_PORT=$((BASE + 99))
+if [ "$REDIS" = 1 ]; then start_redis "$REDIS_PORT" "$OUT/redis"; fi
 
-# $1 label, then the server's command line (without --listen).
+# $1 label, then the server's command line (without --listen, --data-dir, --node-id), started
+# NODES times on BASE+1..BASE+NODES.
 run() {
-  local label=$1
+  local label=$1 pids=() i
   shift
-  rm -rf "$OUT/data"
-  "$@" --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
-  local pid=$!
-  wait_url "$URL" 30
-  "$AFTER" bench --target "$URL" --sale s --users 5000000 --connections "$CONNS" \
+  rm -rf "$OUT"/data-*
+  if [ "$REDIS" = 1 ]; then redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null; fi
+  for i in $(seq "$NODES"); do
+    local own=()
+    if [ "$2" = serve ]; then own=(--node-id "n$i"); fi
+    if [ "$2" = serve ] && [ "$REDIS" = 0 ]; then own+=(--data-dir "$OUT/data-$i"); fi
+    "$@" "${own[@]}" --listen "127.0.0.1:$((BASE + i))" >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  wait_nodes "$NODES"
+  # shellcheck disable=SC2046  # targets: word-split on purpose
+  "$AFTER" bench $(targets "$NODES") --sale s --users 5000000 --connections "$CONNS" \
     --max-seconds "$SECONDS_RUN" --no-check --quiet --json "$OUT/$label.json" >/dev/null || true
-  stop "$pid"
+  stop "${pids[@]}"
   printf '%-14s rps %8s  succeeded %8s  p99 %6s ms\n' "$label" "$(field "$OUT/$label.json" rps)" \
     "$(field "$OUT/$label.json" succeeded)" "$(p99 "$OUT/$label.json")"
 }
 
-serve=(serve --data-dir "$OUT/data" --admin-token b --log warn --drain-seconds 0 --sale s:10000000)
+serve=(serve --admin-token b --log warn --drain-seconds 0 --sale s:10000000)
+ceiling=(ceiling)
+if [ "$REDIS" = 1 ]; then
+  serve+=(--redis "redis://127.0.0.1:$REDIS_PORT" --workers "$WORKERS")
+  ceiling+=(--workers "$WORKERS")
+fi
 for r in $(seq "$ROUNDS"); do
-  run "ceiling-$r" "$AFTER" ceiling
+  run "ceiling-$r" "$AFTER" "${ceiling[@]}"
   run "before-$r" "$BEFORE" "${serve[@]}"
   run "after-$r" "$AFTER" "${serve[@]}"
 done
-echo "== medians of $ROUNDS rounds ($CONNS connections, ${SECONDS_RUN}s each)"
+echo "== medians of $ROUNDS rounds ($CONNS connections, ${SECONDS_RUN}s each, $NODES node(s), redis $REDIS)"
 for k in ceiling before after; do
   m=$(for r in $(seq "$ROUNDS"); do field "$OUT/$k-$r.json" rps; done | median)
   echo "$k $m"
