@@ -43,11 +43,9 @@ pub async fn read_json_with<T: DeserializeOwned>(
             "send the body as JSON with Content-Type: application/json",
         ));
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+    // The declared length, without a header lookup: hyper sets the body's size hint from
+    // Content-Length (a chunked body declares none, and `Limited` bounds it as it arrives).
+    if body.size_hint().lower() > BODY_BYTES_MAX as u64 {
         return Err(ApiError::payload_too_large());
     }
     // A small body arrives with its head, so one poll usually finds it whole: only a body
@@ -104,7 +102,7 @@ pub async fn drain_unread(req: Request, router: axum::Router) -> Response {
             Err(never) => match never {},
         }
     };
-    if !may_outlast_handler(req.headers()) {
+    if !may_outlast_handler(req.body()) {
         return run(req).await;
     }
     let expects_continue = req
@@ -132,14 +130,13 @@ pub async fn drain_unread(req: Request, router: axum::Router) -> Response {
 /// Whether a body may outlast what a handler reads: one sent in chunks, or declared larger
 /// than any handler reads. A body within `BODY_BYTES_MAX` arrives with its headers and hyper
 /// reads what a handler left of it; not tracking those keeps the reservation path free of
-/// this layer's cost.
-pub(crate) fn may_outlast_handler(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|n| n > BODY_BYTES_MAX as u64)
+/// this layer's cost. Read from the body's size hint, which hyper sets from the request's
+/// framing (`Content-Length`: exactly that; chunked: no upper bound), not from two header
+/// lookups (about 350 instructions a request; BENCHMARKS.md, issue 17).
+pub(crate) fn may_outlast_handler(body: &Body) -> bool {
+    body.size_hint()
+        .upper()
+        .is_none_or(|n| n > BODY_BYTES_MAX as u64)
 }
 
 /// Reads `body` to its end within the bounds; answers whether it got there.

@@ -83,7 +83,7 @@ impl NodeService {
         // A reference count, not a copy: the path is only read if the answer is an error.
         let uri = req.uri().clone();
         let hot = crate::routes::reservations::hot_path(&req)
-            .filter(|_| !crate::body::may_outlast_handler(req.headers()))
+            .filter(|_| !crate::body::may_outlast_handler(req.body()))
             .map(str::to_owned);
         let mut resp = match hot {
             Some(sale) => {
