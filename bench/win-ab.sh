@@ -31,7 +31,7 @@ if [ "$REDIS" = 1 ]; then start_redis "$REDIS_PORT" "$OUT/redis"; fi
 cpu_ticks() {
   local t=0 p
   for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
+    [ -n "$p" ] && [ -r "/proc/$p/stat" ] || continue
     t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
   done
   echo "$t"
