@@ -37,11 +37,12 @@ cpu_ticks() {
   echo "$t"
 }
 # The CPU time of this shell's finished children, in ms, from what `times` wrote to FILE
-# (`times` runs in this shell: in a subshell it would not see them).
+# (`times` runs in this shell: in a subshell it would not see them; a locale's decimal comma
+# is read as a point).
 children_ms() { # children_ms FILE
   awk 'NR == 2 {
     n = split($0, f, " "); ms = 0
-    for (i = 1; i <= n; i++) { split(f[i], a, "m"); ms += (a[1] * 60 + a[2]) * 1000 }
+    for (i = 1; i <= n; i++) { gsub(",", ".", f[i]); split(f[i], a, "m"); ms += (a[1] * 60 + a[2]) * 1000 }
     printf "%d\n", ms }' "$1"
 }
 # $1 CPU in units of (1 s / $2), per $3 requests, in µs (one decimal).
