@@ -10,6 +10,7 @@
 # Needs wrk (apt-get install -y wrk).
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh" # strict mode; the working directory is the repository root
+need_time
 USERS=${USERS:-1000000}
 TICKETS=${TICKETS:-10000}
 CONNS=${CONNS:-100}
@@ -68,7 +69,6 @@ stop "$NODE"
 
 sale_rps=$(field "$OUT/sale.json" rps)
 echo "== summary (ceiling: median of $ROUNDS rounds; CPU: the generator's user+sys µs per request)"
-cpu_us() { awk -v n="$2" '{printf "%.1f\n", ($1 + $2) * 1e6 / n}' "$1"; }
 for round in $(seq "$ROUNDS"); do
   w=$(wrk_rps "$OUT/wrk-$round.txt")
   wn=$(wrk_requests "$OUT/wrk-$round.txt")

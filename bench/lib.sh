@@ -20,6 +20,20 @@ win_p99() { sed -n '/^  "win_latency_ms": {/,/^  }/ s/^    "p99": \([0-9.]*\),$/
 wrk_rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
 wrk_requests() { awk '/requests in/ {print $1}' "$1"; }
 wrk_p99() { awk '$1=="99%" {print $2}' "$1"; }
+# CPU µs a request: the "user system" seconds on FILE's last line (as `/usr/bin/time -f "%U %S"
+# -o FILE` writes them, after a line of its own when the command failed) over N requests.
+cpu_us() { tail -n 1 "$1" | awk -v n="$2" '{ if (n > 0) printf "%.1f\n", ($1 + $2) * 1e6 / n; else print "n/a" }'; }
+# Exits unless /usr/bin/time (Debian's `time`, not the shell keyword) is there.
+need_time() { [ -x /usr/bin/time ] || { echo "needs /usr/bin/time: apt-get install -y time" >&2; exit 1; }; }
+# The CPU the processes have used so far, in the same "user system" seconds (/proc/PID/stat,
+# USER_HZ 100); absent pids count nothing.
+proc_cpu() { # proc_cpu PID...
+  local p
+  for p in "$@"; do if [ -n "$p" ]; then cat "/proc/$p/stat" 2>/dev/null || true; fi; done |
+    awk '{u += $14; s += $15} END {printf "%.2f %.2f\n", u / 100, s / 100}'
+}
+# FILE2 minus FILE1, both "user system" seconds.
+cpu_delta() { paste "$1" "$2" | awk '{printf "%.2f %.2f\n", $3 - $1, $4 - $2}'; }
 # The median of the numbers on stdin, one a line (blank lines skipped): the middle one, for an
 # even count the mean of the two middle ones; nothing for no input.
 median() {
